@@ -1,0 +1,4 @@
+"""Model handlers: the base class users subclass, and the built-in handlers."""
+from lmjupyter.handlers.base import BaseHandler
+
+__all__ = ["BaseHandler"]
