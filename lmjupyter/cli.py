@@ -1,0 +1,56 @@
+"""The ``lmjupyter`` command: ``serve`` (the standalone server) and tools around it."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+
+from lmjupyter import __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lmjupyter", description=__doc__)
+    parser.add_argument("--version", action="version", version=__version__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="start the standalone REST server")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
+    serve.add_argument("--token", default=None, help="API token (default: $LMJUPYTER_TOKEN, else generated)")
+    serve.add_argument("--model-store", default=None, help="folder of archives and the registry snapshot")
+    serve.add_argument("--gpus", default=None,
+                       help="comma-separated GPU ids the server may use (default: $LMJUPYTER_GPUS, else nvidia-smi)")
+    serve.add_argument("--allow-root", action="append", default=[], metavar="DIR",
+                       help="another folder handlers and models may be read from (repeatable)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    return 2
+
+
+def _serve(args) -> int:
+    from lmjupyter.engine.engine import EngineSettings
+    from lmjupyter.gpus import discover_gpus
+    from lmjupyter.server.standalone import serve
+
+    try:
+        gpus = discover_gpus(args.gpus)
+    except ValueError as exc:
+        print(f"lmjupyter serve: --gpus: {exc}", file=sys.stderr)
+        return 2
+    model_store = os.path.abspath(args.model_store) if args.model_store else None
+    if model_store:
+        os.makedirs(model_store, exist_ok=True)
+    settings = EngineSettings(root_dir=os.getcwd(), model_store=model_store, gpus=gpus,
+                              allowed_roots=[os.path.abspath(p) for p in args.allow_root])
+    asyncio.run(serve(args.host, args.port, args.token, settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Python client of the REST API; the magics and widgets are built on it.
+
+    from lmjupyter import Client
+    client = Client("http://127.0.0.1:8765", token="...")
+    client.deploy("echo", handler="echo.py", config={"deviceType": "cpu"}, wait=True)
+    client.predict("echo", {"text": "hi"})
+    for partial in client.stream("llm", {"prompt": "Once"}):
+        print(partial)
+    client.undeploy("echo")
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Iterator
+
+import requests
+
+
+class LMServeError(RuntimeError):
+    """The server refused or failed a call; ``status`` and ``detail`` say why."""
+
+    def __init__(self, status: int, message: str, detail: dict | None = None):
+        super().__init__(f"{message} (HTTP {status})" if status else message)
+        self.status = status
+        self.message = message
+        self.detail = detail or {}
+
+
+class Client:
+    def __init__(self, url: str, token: str | None = None, timeout: float = 600.0,
+                 session: requests.Session | None = None):
+        self.url = url.rstrip("/") + "/"
+        self.token = token
+        self.timeout = timeout
+        self.session = session or requests.Session()
+        if token:
+            self.session.headers["Authorization"] = f"token {token}"
+
+    # ---- models ------------------------------------------------------------------------------
+    def health(self) -> dict:
+        return self._call("GET", "lmserve/api/health")
+
+    def list(self) -> list[dict]:
+        return self._call("GET", "lmserve/api/models")["models"]
+
+    def describe(self, name: str) -> dict:
+        return self._call("GET", f"lmserve/api/models/{name}")
+
+    def deploy(self, name: str, handler: str | None = None, *, model_dir: str | None = None,
+               archive: str | None = None, config: dict | str | None = None, config_file: str | None = None,
+               workers: int | None = None, wait: bool = False, dry_run: bool = False,
+               **extra: Any) -> dict:
+        body = {"name": name, "handler": handler, "model_dir": model_dir, "archive": archive,
+                "config": config, "config_file": config_file, "workers": workers,
+                "wait": wait, "dry_run": dry_run, **extra}
+        return self._call("POST", "lmserve/api/models", json={k: v for k, v in body.items() if v is not None})
+
+    def scale(self, name: str, workers: int) -> dict:
+        return self._call("PUT", f"lmserve/api/models/{name}", json={"workers": workers})
+
+    def undeploy(self, name: str) -> dict:
+        return self._call("DELETE", f"lmserve/api/models/{name}")
+
+    def logs(self, name: str, rank: int | None = None, tail: int = 100) -> list[dict]:
+        params = {"tail": tail, **({"rank": rank} if rank is not None else {})}
+        return self._call("GET", f"lmserve/api/models/{name}/logs", params=params)["logs"]
+
+    def gpus(self) -> list[dict]:
+        return self._call("GET", "lmserve/api/gpus")["gpus"]
+
+    def metrics(self) -> str:
+        response = self.session.get(self.url + "lmserve/metrics", timeout=self.timeout)
+        _raise_for(response)
+        return response.text
+
+    # ---- inference ---------------------------------------------------------------------------
+    def predict(self, name: str, data: Any = None, *, path: str | None = None) -> Any:
+        """One request; JSON values in and out, bytes stay bytes."""
+        response = self.session.post(self.url + (path or f"lmserve/api/models/{name}/predict"),
+                                     timeout=self.timeout, **_body(data))
+        _raise_for(response)
+        if response.headers.get("Content-Type", "").startswith("application/json"):
+            return response.json()
+        return response.content
+
+    def stream(self, name: str, data: Any = None) -> Iterator[Any]:
+        """Yield the handler's partial results as they arrive (the generator returns the final answer)."""
+        final = None
+        for kind, value in self._stream_lines(name, data):
+            if kind == "partial":
+                yield value
+            else:
+                final = value
+        return final
+
+    def predict_stream(self, name: str, data: Any = None) -> tuple[list[Any], Any]:
+        """All partial results and the final answer of one streamed request."""
+        partials, final = [], None
+        for kind, value in self._stream_lines(name, data):
+            if kind == "partial":
+                partials.append(value)
+            else:
+                final = value
+        return partials, final
+
+    def _stream_lines(self, name: str, data: Any) -> Iterator[tuple[str, Any]]:
+        with self.session.post(self.url + f"lmserve/api/models/{name}/predict", params={"stream": "1"},
+                               stream=True, timeout=self.timeout, **_body(data)) as response:
+            _raise_for(response)
+            for line in response.iter_lines():
+                if not line:
+                    continue
+                message = json.loads(line)
+                if "error" in message:
+                    error = message["error"]
+                    raise LMServeError(error.get("status", 500), error.get("message", "stream failed"), error)
+                kind = "partial" if "partial" in message else "result"
+                yield kind, message.get(kind)
+
+    def _call(self, method: str, path: str, **kwargs) -> Any:
+        try:
+            response = self.session.request(method, self.url + path, timeout=self.timeout, **kwargs)
+        except requests.ConnectionError as exc:
+            raise LMServeError(0, f"cannot reach the lmjupyter server at {self.url}: {exc}") from None
+        _raise_for(response)
+        return response.json()
+
+
+def _body(data: Any) -> dict:
+    if isinstance(data, (bytes, bytearray)):
+        return {"data": bytes(data), "headers": {"Content-Type": "application/octet-stream"}}
+    return {"data": json.dumps(data).encode(), "headers": {"Content-Type": "application/json"}}
+
+
+def _raise_for(response: requests.Response) -> None:
+    if response.status_code < 400:
+        return
+    try:
+        error = response.json().get("error", {})
+    except ValueError:
+        error = {"message": response.text[:500]}
+    raise LMServeError(response.status_code, error.get("message", response.reason), error)

@@ -1,0 +1,86 @@
+"""Prometheus metrics of one engine, plus the small summary the describe route shows.
+
+Each engine has its own CollectorRegistry, so several servers in one process
+(tests, a notebook) never collide. Recording is a few dict look-ups per request.
+"""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+class EngineMetrics:
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        self.requests = Counter("lmjupyter_requests", "Requests answered, by model and HTTP status",
+                                ["model", "status"], registry=self.registry)
+        self.latency = Histogram("lmjupyter_request_latency_seconds", "Time from arrival to answer",
+                                 ["model"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.queue = Gauge("lmjupyter_queue_depth", "Requests waiting for a worker", ["model"],
+                           registry=self.registry)
+        self.batch_size = Histogram("lmjupyter_batch_size", "Requests per batch sent to a worker",
+                                    ["model"], buckets=BATCH_BUCKETS, registry=self.registry)
+        self.restarts = Counter("lmjupyter_worker_restarts", "Worker groups replaced after a failure",
+                                ["model"], registry=self.registry)
+
+    def for_model(self, name: str) -> "ModelMetrics":
+        return ModelMetrics(self, name)
+
+    def remove(self, name: str) -> None:
+        for metric in (self.latency, self.queue, self.batch_size, self.restarts):
+            try:
+                metric.remove(name)
+            except KeyError:
+                pass
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class ModelMetrics:
+    """The metrics of one model, with children bound once so the hot path does no label look-ups."""
+
+    def __init__(self, engine: EngineMetrics, name: str):
+        self._engine, self._name = engine, name
+        self._latency = engine.latency.labels(name)
+        self._queue = engine.queue.labels(name)
+        self._batch = engine.batch_size.labels(name)
+        self._restarts = engine.restarts.labels(name)
+        self._status: dict[int, Counter] = {}
+        self.requests_total = 0
+        self.errors_total = 0
+        self.batches_total = 0
+        self.batched_requests = 0
+        self.max_batch = 0
+        self.restarts_total = 0
+
+    def answered(self, status: int, seconds: float) -> None:
+        counter = self._status.get(status)
+        if counter is None:
+            counter = self._status[status] = self._engine.requests.labels(self._name, str(status))
+        counter.inc()
+        self._latency.observe(seconds)
+        self.requests_total += 1
+        if status >= 400:
+            self.errors_total += 1
+
+    def batch(self, size: int) -> None:
+        self._batch.observe(size)
+        self.batches_total += 1
+        self.batched_requests += size
+        self.max_batch = max(self.max_batch, size)
+
+    def queue_depth(self, depth: int) -> None:
+        self._queue.set(depth)
+
+    def restart(self) -> None:
+        self._restarts.inc()
+        self.restarts_total += 1
+
+    def summary(self) -> dict:
+        return {"requests_total": self.requests_total, "errors_total": self.errors_total,
+                "batches_total": self.batches_total, "max_batch_size": self.max_batch,
+                "mean_batch_size": round(self.batched_requests / self.batches_total, 3) if self.batches_total else 0,
+                "worker_restarts": self.restarts_total}

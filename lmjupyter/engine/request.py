@@ -1,0 +1,48 @@
+"""One client request on its way through the queue to a worker and back."""
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+# An answer as the HTTP layer sends it: (status, content type, body).
+Answer = tuple[int, str, bytes]
+END_OF_STREAM = None  # put on a streaming request's queue after its final answer
+
+
+class RequestFailed(Exception):
+    """The request gets no answer from a handler; ``status`` is the HTTP code to send."""
+
+    def __init__(self, status: int, message: str, **detail):
+        super().__init__(message)
+        self.status = status
+        self.detail = detail
+
+
+@dataclass(eq=False)
+class PendingRequest:
+    payload: bytes
+    content_type: str
+    future: asyncio.Future
+    partials: asyncio.Queue | None = None  # set when the client streams
+    cancelled: bool = False
+    started: float = field(default_factory=time.perf_counter)
+
+    def answer(self, answer: Answer) -> None:
+        if not self.future.done():
+            self.future.set_result(answer)
+            self._end_stream()
+
+    def fail(self, error: RequestFailed) -> None:
+        if not self.future.done():
+            self.future.set_exception(error)
+            self.future.exception()  # mark retrieved: a gone client must not log a warning
+            self._end_stream()
+
+    def _end_stream(self) -> None:
+        if self.partials is not None:
+            self.partials.put_nowait(END_OF_STREAM)
+
+    def partial(self, answer: Answer) -> None:
+        if self.partials is not None and not self.cancelled:
+            self.partials.put_nowait(answer)

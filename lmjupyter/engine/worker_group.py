@@ -1,0 +1,303 @@
+"""One worker: a real torchrun process group of N ranks, and the sockets to them.
+
+The server listens on a unix socket in its private run directory; every rank
+connects, says hello with its pid, loads the handler and says ready (or why it
+could not). A batch is written to every rank; the output rank answers. Any rank
+hanging up means the group is broken: its in-flight batch fails at once and the
+owner (:class:`~lmjupyter.engine.model.ServedModel`) decides about a restart.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from lmjupyter import ipc
+from lmjupyter.engine.request import PendingRequest, RequestFailed
+from lmjupyter.engine.states import WorkerState
+
+
+class WorkerStartError(RuntimeError):
+    """The group did not come up; ``permanent`` is true when retrying cannot help."""
+
+    def __init__(self, message: str, traceback: str = "", permanent: bool = False):
+        super().__init__(message)
+        self.traceback = traceback
+        self.permanent = permanent
+
+
+@dataclass
+class WorkerSpec:
+    """Everything a worker group needs to start, decided by the engine."""
+
+    model_name: str
+    worker_id: int
+    handler: str
+    model_dir: str
+    config: dict           # the model-config as YAML keys (ctx.model_yaml_config)
+    nproc: int
+    gpus: list[int]
+    torchrun_args: list[str]
+    env: dict[str, str]
+    run_dir: str           # private 0700 directory of the server
+    log_dir: str
+    startup_timeout: float
+    manifest: dict = field(default_factory=dict)
+
+    @property
+    def devices(self) -> str:
+        return ",".join(map(str, self.gpus))
+
+    def command(self, spec_file: str) -> list[str]:
+        return [sys.executable, "-m", "lmjupyter.worker.launch", *self.torchrun_args,
+                "-m", "lmjupyter.worker.main", spec_file]
+
+
+@dataclass
+class RankLink:
+    rank: int
+    pid: int
+    writer: asyncio.StreamWriter
+    state: str = "loading"
+
+
+class WorkerGroup:
+    """A torchrun group serving one batch at a time."""
+
+    def __init__(self, spec: WorkerSpec, on_batch_done: Callable[["WorkerGroup"], None],
+                 on_broken: Callable[["WorkerGroup", str], None]):
+        self.spec = spec
+        self.id = spec.worker_id
+        self.state = WorkerState.STARTING
+        self.ranks: dict[int, RankLink] = {}
+        self.output_rank = 0
+        self.process: asyncio.subprocess.Process | None = None
+        self.batch: list[PendingRequest] | None = None
+        self.started_at = time.monotonic()
+        self._batch_id = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._ready = asyncio.get_running_loop().create_future()
+        self._on_batch_done = on_batch_done
+        self._on_broken = on_broken
+        self._tasks: set[asyncio.Task] = set()
+
+    # ---- start-up -------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Spawn torchrun and wait until every rank has loaded the handler."""
+        spec = self.spec
+        os.makedirs(spec.log_dir, mode=0o700, exist_ok=True)
+        socket_path = os.path.join(spec.run_dir, f"{spec.model_name[:40]}-w{spec.worker_id}-{id(self)}.sock")
+        self._server = await asyncio.start_unix_server(self._on_connect, path=socket_path)
+        os.chmod(socket_path, 0o600)
+        spec_file = socket_path[:-5] + ".json"
+        with open(os.open(spec_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+            json.dump({"socket": socket_path, "model_name": spec.model_name, "handler": spec.handler,
+                       "model_dir": spec.model_dir, "config": spec.config, "log_dir": spec.log_dir,
+                       "manifest": spec.manifest, "startup_timeout": spec.startup_timeout}, f)
+        agent_log = open(os.path.join(spec.log_dir, "agent.log"), "ab")
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                *spec.command(spec_file), env=spec.env, stdin=asyncio.subprocess.DEVNULL,
+                stdout=agent_log, stderr=agent_log, start_new_session=True)
+        finally:
+            agent_log.close()
+        self._spawn(self._watch_exit())
+        try:
+            await asyncio.wait_for(asyncio.shield(self._ready), spec.startup_timeout)
+        except asyncio.TimeoutError:
+            loaded = sorted(r for r, link in self.ranks.items() if link.state == "ready")
+            self.state = WorkerState.FAILED
+            await self.kill()
+            raise WorkerStartError(f"worker {self.id} did not start within startupTimeout={spec.startup_timeout:g}s "
+                                   f"(ranks ready: {loaded or 'none'} of {spec.nproc})") from None
+        except WorkerStartError:
+            self.state = WorkerState.FAILED
+            await self.kill()
+            raise
+        self.state = WorkerState.READY
+
+    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        hello = await ipc.read_message(reader)
+        if not hello or hello[0] != "hello":
+            writer.close()
+            return
+        _, rank, pid = hello
+        link = self.ranks[rank] = RankLink(rank, pid, writer)
+        while (message := await ipc.read_message(reader)) is not None:
+            self._handle(link, message)
+        link.state = "exited"
+        self._broken(f"rank {rank} (pid {pid}) of worker {self.id} exited")
+
+    def _handle(self, link: RankLink, message: tuple) -> None:
+        kind = message[0]
+        if kind == "result" and self.batch is not None and message[1] == self._batch_id:
+            for request, answer in zip(self.batch, message[2]):
+                request.answer(answer)
+            self._finish_batch()
+        elif kind == "partial" and self.batch is not None and message[1] == self._batch_id:
+            for position, answer in message[2]:
+                self.batch[position].partial(answer)
+        elif kind == "error" and self.batch is not None and message[1] == self._batch_id:
+            _, _, rank, text, trace = message
+            self.fail_batch(RequestFailed(500, f"handler failed on rank {rank}: {text}", traceback=trace))
+            self._finish_batch()
+        elif kind == "ready":
+            link.state = "ready"
+            self.output_rank = message[2]
+            if len(self.ranks) == self.spec.nproc and all(r.state == "ready" for r in self.ranks.values()):
+                _resolve(self._ready, None)
+        elif kind == "init_failed":
+            link.state = "failed"
+            _, rank, text, trace = message
+            _resolve(self._ready, WorkerStartError(f"initialize failed on rank {rank}: {text}", trace, permanent=True))
+
+    async def _watch_exit(self) -> None:
+        code = await self.process.wait()
+        if not self._ready.done():
+            tail = self.log_tail(lines=20)
+            _resolve(self._ready, WorkerStartError(f"worker {self.id} exited with code {code} while starting\n{tail}"))
+        self._broken(f"torchrun of worker {self.id} exited with code {code}")
+
+    # ---- serving ----------------------------------------------------------------------------
+    def dispatch(self, batch: list[PendingRequest], timeout: float) -> None:
+        """Send a batch to every rank; the answer arrives through ``_handle``."""
+        self.batch = batch
+        self._batch_id += 1
+        self.state = WorkerState.BUSY
+        frame = ipc.pack(("batch", self._batch_id, [(r.payload, r.content_type) for r in batch]))
+        for link in self.ranks.values():
+            link.writer.write(frame)
+        self._timer = asyncio.get_running_loop().call_later(timeout, self._timed_out, timeout)
+
+    def _timed_out(self, timeout: float) -> None:
+        self._timer = None
+        self.fail_batch(RequestFailed(504, f"no answer within responseTimeout={timeout:g}s; "
+                                            f"worker {self.id} is being replaced"))
+        self._broken(f"worker {self.id} timed out after {timeout:g}s")
+
+    def _finish_batch(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.batch = None
+        if self.state == WorkerState.BUSY:
+            self.state = WorkerState.READY
+            self._on_batch_done(self)
+
+    def fail_batch(self, error: RequestFailed) -> None:
+        for request in self.batch or ():
+            request.fail(error)
+
+    def _broken(self, reason: str) -> None:
+        """A rank or torchrun went away, or a batch timed out: the whole group is done."""
+        if not self._ready.done():
+            _resolve(self._ready, WorkerStartError(reason))
+            return
+        if self.state not in (WorkerState.READY, WorkerState.BUSY):
+            return  # already stopping, failed or being replaced
+        self.fail_batch(RequestFailed(502, f"{reason}; the request was lost with it and the worker is restarting"))
+        self.batch = None
+        self.state = WorkerState.RESTARTING
+        self._spawn(self._kill_then_report(reason))
+
+    async def _kill_then_report(self, reason: str) -> None:
+        await self.kill()
+        self._on_broken(self, reason)
+
+    # ---- stopping -----------------------------------------------------------------------------
+    async def stop(self, grace: float = 5.0) -> None:
+        """Ask the ranks to finish, then make sure every process of the group is gone."""
+        self.state = WorkerState.STOPPING
+        for link in self.ranks.values():
+            with contextlib.suppress(Exception):
+                link.writer.write(ipc.pack(("stop",)))
+        if self.process and self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.process.wait(), grace)
+        await self.kill()
+        self.state = WorkerState.STOPPED
+
+    async def kill(self) -> None:
+        """SIGKILL torchrun and every rank we know of; wait until torchrun is reaped."""
+        for pid in [link.pid for link in self.ranks.values()]:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        if self.process and self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            await self.process.wait()
+        await _wait_gone([link.pid for link in self.ranks.values()], timeout=5.0)
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for link in self.ranks.values():
+            link.writer.close()
+
+    # ---- description --------------------------------------------------------------------------
+    def describe(self) -> dict:
+        return {"id": self.id, "state": self.state.value, "devices": self.spec.devices,
+                "ranks": [{"rank": link.rank, "pid": link.pid, "state": link.state}
+                          for link in sorted(self.ranks.values(), key=lambda link: link.rank)]}
+
+    def log_tail(self, lines: int = 50, rank: int | None = None) -> str:
+        names = [f"rank{rank}.log"] if rank is not None else ["agent.log"] + [f"rank{r}.log" for r in range(self.spec.nproc)]
+        return "\n".join(read_tail(os.path.join(self.spec.log_dir, n), lines) for n in names).strip()
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def read_tail(path: str, lines: int) -> str:
+    """The last ``lines`` lines of a log file, reading at most 256 KiB of it."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - (256 << 10)))
+            return "\n".join(f.read().decode("utf-8", "replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _resolve(future: asyncio.Future, value) -> None:
+    if future.done():
+        return
+    if isinstance(value, BaseException):
+        future.set_exception(value)
+        future.exception()
+    else:
+        future.set_result(value)
+
+
+async def _wait_gone(pids: list[int], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while _alive(pid) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie whose parent (torchrun) is gone is reaped by init soon; treat zombies as gone
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

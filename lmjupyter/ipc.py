@@ -1,0 +1,72 @@
+"""Frames between the server and its ranks: a 4-byte length, then a pickled tuple.
+
+Both ends are our own processes, joined by a unix socket in a private 0700
+directory, so pickle is safe here and is the cheapest way to move request bytes
+without re-encoding them. Messages (tuples, first item the kind):
+
+server -> rank: ("batch", batch_id, [(payload: bytes, content_type: str), ...]) and ("stop",)
+rank -> server: ("hello", rank, pid), ("ready", rank, output_rank),
+                ("init_failed", rank, message, traceback),
+                ("partial", batch_id, [(position, encoded), ...]), ("result", batch_id, [encoded...]),
+                ("error", batch_id, rank, message, traceback)
+where an encoded item is (status: int, content_type: str, body: bytes).
+"""
+from __future__ import annotations
+
+import pickle
+import socket
+import struct
+
+HEADER = struct.Struct("!I")
+MAX_FRAME = 1 << 31
+
+
+def pack(message: tuple) -> bytes:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return HEADER.pack(len(data)) + data
+
+
+def unpack(data: bytes) -> tuple:
+    return pickle.loads(data)
+
+
+async def read_message(reader) -> tuple | None:
+    """Next message from an asyncio StreamReader, or None at end of stream."""
+    try:
+        header = await reader.readexactly(HEADER.size)
+        (length,) = HEADER.unpack(header)
+        return unpack(await reader.readexactly(length))
+    except (ConnectionError, EOFError, OSError):
+        return None
+    except Exception as exc:  # IncompleteReadError is an EOFError; anything else is a broken peer
+        if exc.__class__.__name__ == "IncompleteReadError":
+            return None
+        raise
+
+
+class BlockingChannel:
+    """The rank's end: plain blocking socket I/O, no event loop in the rank."""
+
+    def __init__(self, path: str):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(path)
+        self._file = self.sock.makefile("rb", buffering=1 << 16)
+
+    def send(self, message: tuple) -> None:
+        self.sock.sendall(pack(message))
+
+    def receive(self) -> tuple | None:
+        header = self._file.read(HEADER.size)
+        if len(header) < HEADER.size:
+            return None
+        (length,) = HEADER.unpack(header)
+        body = self._file.read(length)
+        if len(body) < length:
+            return None
+        return unpack(body)
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass

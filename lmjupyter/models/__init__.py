@@ -1,0 +1,1 @@
+"""Builders for tiny random-weight models (tests, demos, benchmarks)."""

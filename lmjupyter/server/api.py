@@ -1,0 +1,210 @@
+"""The REST routes of DESIGN.md, written once for both servers.
+
+Each handler here is a mixin over an unspecified Tornado ``RequestHandler``
+base: :func:`route_table` joins them with the base a server chooses (token auth
+for ``lmjupyter serve``, Jupyter's ``APIHandler`` in the extension). The engine
+is found in ``self.settings["lmserve_engine"]``.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import time
+
+from tornado.iostream import StreamClosedError
+
+import lmjupyter
+from lmjupyter.engine.request import END_OF_STREAM, RequestFailed
+from lmjupyter.errors import ApiError
+
+API = "lmserve/api"
+JSON_TYPE = "application/json"
+
+
+def api_errors(method):
+    """Turn refusals into JSON errors with the right status; never an HTML page."""
+    @functools.wraps(method)
+    async def wrapper(self, *args, **kwargs):
+        try:
+            return await method(self, *args, **kwargs)
+        except ApiError as exc:
+            self.send_error_json(exc.status, exc.to_dict())
+        except RequestFailed as exc:
+            self.send_error_json(exc.status, {"error": {"message": str(exc), **exc.detail}})
+    return wrapper
+
+
+class ApiMixin:
+    """What every route shares: the engine, JSON in, JSON out."""
+
+    @property
+    def engine(self):
+        return self.settings["lmserve_engine"]
+
+    def json_body(self):
+        if not self.request.body:
+            return {}
+        try:
+            return json.loads(self.request.body)
+        except ValueError as exc:
+            raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+
+    def send_json(self, data, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", JSON_TYPE)
+        self.finish(json.dumps(data))
+
+    def send_error_json(self, status: int, data: dict) -> None:
+        if self._finished:
+            return
+        self.clear()
+        self.send_json(data, status)
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        message = self._reason
+        exc = kwargs.get("exc_info", (None, None))[1]
+        if exc is not None and status_code >= 500:
+            message = f"{type(exc).__name__}: {exc}"
+        self.set_header("Content-Type", JSON_TYPE)
+        self.finish(json.dumps({"error": {"message": message}}))
+
+    def check_xsrf_cookie(self):
+        """REST clients authenticate with a token header, so XSRF cookies do not apply."""
+        return
+
+
+class HealthHandler(ApiMixin):
+    @api_errors
+    async def get(self):
+        self.send_json({"status": "ok", "version": lmjupyter.__version__})
+
+
+class ModelsHandler(ApiMixin):
+    @api_errors
+    async def get(self):
+        self.send_json({"models": [m.describe() for m in self.engine.models()]})
+
+    @api_errors
+    async def post(self):
+        result = await self.engine.deploy(self.json_body())
+        self.send_json(result, 200 if result.get("dry_run") else 201)
+
+
+class ModelHandler(ApiMixin):
+    @api_errors
+    async def get(self, name):
+        self.send_json(self.engine.model(name).describe())
+
+    @api_errors
+    async def put(self, name):
+        self.send_json(await self.engine.scale(name, self.json_body()))
+
+    @api_errors
+    async def delete(self, name):
+        self.send_json(await self.engine.undeploy(name))
+
+
+class LogsHandler(ApiMixin):
+    @api_errors
+    async def get(self, name):
+        rank = self.get_argument("rank", None)
+        tail = self.get_argument("tail", "100")
+        try:
+            rank_number = int(rank) if rank is not None else None
+            lines = max(1, min(int(tail), 10_000))
+        except ValueError:
+            raise ApiError(400, "rank and tail must be integers") from None
+        self.send_json({"logs": self.engine.logs(name, rank_number, lines)})
+
+
+class GpusHandler(ApiMixin):
+    @api_errors
+    async def get(self):
+        self.send_json({"gpus": self.engine.describe_gpus()})
+
+
+class MetricsHandler(ApiMixin):
+    @api_errors
+    async def get(self):
+        self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+        self.finish(self.engine.metrics.exposition())
+
+
+class PredictHandler(ApiMixin):
+    """One request in, one answer out; ``?stream=1`` sends partial results as NDJSON lines."""
+
+    _pending = None
+
+    @api_errors
+    async def post(self, name):
+        model = self.engine.model(name)
+        started = time.perf_counter()
+        stream = self.get_argument("stream", "0").lower() in ("1", "true", "yes")
+        content_type = self.request.headers.get("Content-Type", JSON_TYPE)
+        status = 500
+        try:
+            self._pending = request = model.submit(self.request.body, content_type, stream)
+            if stream:
+                status = await self._stream(request)
+            else:
+                status, answer_type, body = await request.future
+                self.set_status(status)
+                self.set_header("Content-Type", answer_type)
+                self.finish(body)
+        except RequestFailed as exc:
+            status = exc.status
+            raise
+        finally:
+            model.metrics.answered(status, time.perf_counter() - started)
+
+    async def _stream(self, request) -> int:
+        self.set_header("Content-Type", "application/x-ndjson")
+        self.set_header("Cache-Control", "no-cache")
+        self.set_header("X-Accel-Buffering", "no")
+        try:
+            while (partial := await request.partials.get()) is not END_OF_STREAM:
+                self.write(_ndjson_line("partial", partial))
+                await self.flush()
+            try:
+                answer = request.future.result()
+                line, status = _ndjson_line("result", answer), answer[0]
+            except RequestFailed as exc:
+                line = json.dumps({"error": {"message": str(exc), "status": exc.status, **exc.detail}}).encode() + b"\n"
+                status = exc.status
+            self.finish(line)
+            return status
+        except StreamClosedError:
+            request.cancelled = True
+            return 499
+
+    def on_connection_close(self):
+        """A client that goes away cancels its request; the worker is not disturbed."""
+        if self._pending is not None:
+            self._pending.cancelled = True
+
+
+def _ndjson_line(kind: str, answer) -> bytes:
+    status, content_type, body = answer
+    if status >= 400:
+        return body + b"\n"  # already {"error": {...}}
+    if content_type.startswith(JSON_TYPE):
+        return b'{"' + kind.encode() + b'": ' + body + b"}\n"
+    return json.dumps({kind: body.decode("utf-8", "replace")}).encode() + b"\n"
+
+
+ROUTES = [
+    (rf"{API}/health", HealthHandler),
+    (rf"{API}/models", ModelsHandler),
+    (rf"{API}/models/([^/]+)", ModelHandler),
+    (rf"{API}/models/([^/]+)/predict", PredictHandler),
+    (rf"{API}/models/([^/]+)/logs", LogsHandler),
+    (rf"{API}/gpus", GpusHandler),
+    ("lmserve/metrics", MetricsHandler),
+]
+
+
+def route_table(base_url: str, base_handler: type, wrap=lambda cls: cls) -> list[tuple[str, type]]:
+    """The routes joined with a server's base handler; ``wrap`` may add auth decorators."""
+    base_url = "/" + base_url.strip("/") + "/" if base_url.strip("/") else "/"
+    return [(base_url + pattern, wrap(type(mixin.__name__, (mixin, base_handler), {})))
+            for pattern, mixin in ROUTES]

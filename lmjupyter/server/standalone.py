@@ -1,0 +1,83 @@
+"""``lmjupyter serve``: the REST routes on their own Tornado server, behind a token.
+
+The token comes from ``--token`` or ``LMJUPYTER_TOKEN``, else it is generated;
+either way it is printed and written with the URL to a runtime file only the
+user can read, so that clients on the same machine can find the server.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import os
+import secrets
+import signal
+
+import tornado.web
+
+from lmjupyter.engine.engine import Engine, EngineSettings
+from lmjupyter.server.api import route_table
+
+
+class TokenAuthHandler(tornado.web.RequestHandler):
+    """Every verb of every route needs ``Authorization: token <T>`` (or ``Bearer``, or ``?token=``)."""
+
+    def prepare(self):
+        expected = self.settings["lmserve_token"]
+        header = self.request.headers.get("Authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() not in ("token", "bearer"):
+            given = self.get_query_argument("token", "")
+        if not given or not hmac.compare_digest(given.strip().encode(), expected.encode()):
+            self.set_status(401)
+            self.set_header("WWW-Authenticate", "token")
+            self.set_header("Content-Type", "application/json")
+            self.finish(json.dumps({"error": {"message": "missing or wrong token: send 'Authorization: token <T>'"}}))
+
+
+def make_app(engine: Engine, token: str) -> tornado.web.Application:
+    return tornado.web.Application(route_table("/", TokenAuthHandler),
+                                   lmserve_engine=engine, lmserve_token=token)
+
+
+def runtime_dir() -> str:
+    base = os.environ.get("XDG_RUNTIME_DIR") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    path = os.path.join(base, "lmjupyter", "runtime")
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    return path
+
+
+def write_server_info(url: str, token: str, port: int) -> str:
+    """A 0600 JSON file with the URL and token, removed when the server stops."""
+    path = os.path.join(runtime_dir(), f"server-{port}.json")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"url": url, "token": token, "pid": os.getpid()}, f)
+    return path
+
+
+async def serve(host: str, port: int, token: str | None, settings: EngineSettings,
+                announce=print) -> None:
+    """Run until SIGINT/SIGTERM, then end every worker group before returning."""
+    token = token or os.environ.get("LMJUPYTER_TOKEN") or secrets.token_urlsafe(24)
+    engine = Engine(settings)
+    app = make_app(engine, token)
+    server = app.listen(port, address=host, xheaders=False, max_body_size=1 << 30)
+    actual_port = next(iter(server._sockets.values())).getsockname()[1]
+    url = f"http://{host}:{actual_port}/"
+    info_file = write_server_info(url, token, actual_port)
+    announce(f"lmjupyter serving at {url} (GPUs: {settings.gpus or 'none'})\n"
+             f"token: {token}\nserver info: {info_file}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        server.stop()
+        await engine.shutdown()
+        try:
+            os.unlink(info_file)
+        except OSError:
+            pass

@@ -1,0 +1,132 @@
+"""What each torchrun rank runs: connect to the server, load the handler, serve batches.
+
+Started by torchrun as ``python -m lmjupyter.worker.main SPEC_JSON``. The spec
+file (written by the server into its private run directory) names the socket,
+the model, the handler and the config. Every rank receives every batch; only
+the output rank (by default rank 0, the last rank for pipelines, or what the
+handler's ``output_rank(ctx)`` says) sends answers back.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import traceback
+
+from lmjupyter.ipc import BlockingChannel
+from lmjupyter.worker.codec import BadRequestBody, decode_request, encode_answer, encode_answers
+from lmjupyter.worker.context import Context
+from lmjupyter.worker.deathsig import die_with_parent
+
+
+def main(argv: list[str]) -> int:
+    die_with_parent(signal.SIGKILL)
+    with open(argv[0]) as f:
+        spec = json.load(f)
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    _redirect_output(os.path.join(spec["log_dir"], f"rank{rank}.log"))
+
+    channel = BlockingChannel(spec["socket"])
+    channel.send(("hello", rank, os.getpid()))
+    config = spec["config"]
+    gpu = config.get("deviceType") == "gpu"
+    ctx = Context(
+        model_name=spec["model_name"], model_dir=spec["model_dir"], model_yaml_config=config,
+        rank=rank, local_rank=local_rank, world_size=world_size,
+        device=f"cuda:{local_rank}" if gpu else "cpu", manifest=spec.get("manifest") or {},
+        system_properties={"model_dir": spec["model_dir"], "gpu_id": local_rank if gpu else None,
+                           "batch_size": config.get("batchSize", 1), "server_name": "lmjupyter",
+                           "server_version": spec.get("version", "")},
+    )
+    try:
+        if world_size > 1 or gpu:
+            _init_distributed(gpu, world_size, spec.get("startup_timeout", 120))
+        from lmjupyter.worker.loader import load_handler
+        handler = load_handler(spec["handler"], spec["model_dir"])
+        handler.initialize(ctx)
+        output_rank = _output_rank(handler, ctx)
+    except BaseException as exc:  # the client must see why loading failed
+        channel.send(("init_failed", rank, f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+        traceback.print_exc()
+        return 1
+    channel.send(("ready", rank, output_rank))
+    print(f"rank {rank}/{world_size} ready (pid {os.getpid()}, output rank {output_rank})", flush=True)
+    return serve(channel, handler, ctx, answers=(rank == output_rank))
+
+
+def serve(channel: BlockingChannel, handler, ctx: Context, answers: bool) -> int:
+    """Run batches until the server says stop or goes away."""
+    while True:
+        message = channel.receive()
+        if message is None or message[0] == "stop":
+            return 0
+        _, batch_id, items = message
+        try:
+            decoded = [decode_request(payload, content_type) for payload, content_type in items]
+            good = [i for i, item in enumerate(decoded) if not isinstance(item, BadRequestBody)]
+            if answers:
+                ctx._send_intermediate = _partial_sender(channel, batch_id, good)
+            results = handler.handle([decoded[i] for i in good], ctx) if good else []
+            if answers:
+                _check_length(results, len(good))
+                for i, result in zip(good, results):
+                    decoded[i] = result  # bad bodies keep their error, answered with 400
+                channel.send(("result", batch_id, encode_answers(decoded)))
+        except BaseException as exc:
+            traceback.print_exc()
+            channel.send(("error", batch_id, ctx.rank, f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+
+
+def _partial_sender(channel: BlockingChannel, batch_id: int, positions: list[int]):
+    """Partials come per handled request; the server wants them by position in the batch."""
+    def send(partials):
+        _check_length(partials, len(positions))
+        channel.send(("partial", batch_id, [(i, encode_answer(p)) for i, p in zip(positions, partials)]))
+    return send
+
+
+def _check_length(answers, expected: int) -> None:
+    if not isinstance(answers, (list, tuple)):
+        raise TypeError(f"handler returned {type(answers).__name__}; expected a list with one answer per request")
+    if len(answers) != expected:
+        raise ValueError(f"handler returned {len(answers)} answers for a batch of {expected} requests")
+
+
+def _output_rank(handler, ctx: Context) -> int:
+    chooser = getattr(handler, "output_rank", None)
+    if callable(chooser):
+        return int(chooser(ctx))
+    return ctx.world_size - 1 if ctx.parallel_type in ("pp", "pptp") else 0
+
+
+def _init_distributed(gpu: bool, world_size: int, timeout_s: int) -> None:
+    """One default process group for the handler; gloo for CPU tensors even on GPU machines."""
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+
+    if gpu:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    if world_size > 1 and not dist.is_initialized():
+        backend = "cpu:gloo,cuda:nccl" if gpu else "gloo"
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+
+
+def _redirect_output(path: str) -> None:
+    """Each rank writes its own log file, which ``logs`` reads back per rank."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
+    sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
