@@ -52,8 +52,8 @@ def main(argv: list[str]) -> int:
         channel.send(("init_failed", rank, f"{type(exc).__name__}: {exc}", traceback.format_exc()))
         traceback.print_exc()
         return 1
-    channel.send(("ready", rank, output_rank))
     print(f"rank {rank}/{world_size} ready (pid {os.getpid()}, output rank {output_rank})", flush=True)
+    channel.send(("ready", rank, output_rank))
     return serve(channel, handler, ctx, answers=(rank == output_rank))
 
 

@@ -1,0 +1,99 @@
+"""Start a real ``lmjupyter serve`` subprocess for tests, and tools to watch processes."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+
+from lmjupyter.client import Client
+
+HANDLERS = os.path.join(os.path.dirname(__file__), "handlers")
+
+
+class ServerProcess:
+    def __init__(self, root: str, *args: str, token: str = "test-token", env: dict | None = None):
+        self.root, self.token = root, token
+        cmd = [sys.executable, "-m", "lmjupyter.cli", "serve", "--port", "0", "--token", token,
+               "--allow-root", HANDLERS, *args]
+        self.log_path = os.path.join(root, f"server-{time.monotonic_ns()}.log")
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(cmd, cwd=root, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"})
+        self.url = self._wait_for_url(timeout=30)
+        self.client = Client(self.url, token, timeout=120)
+
+    def _wait_for_url(self, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = open(self.log_path, encoding="utf-8", errors="replace").read()
+            match = re.search(r"serving at (http://\S+)", text)
+            if match:
+                return match.group(1)
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{text}")
+            time.sleep(0.05)
+        raise RuntimeError("server did not print its URL in time:\n" + open(self.log_path).read())
+
+    def log(self) -> str:
+        return open(self.log_path, encoding="utf-8", errors="replace").read()
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 30) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+@contextmanager
+def running_server(root: str, *args: str, **kwargs):
+    server = ServerProcess(root, *args, **kwargs)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def handler_path(name: str) -> str:
+    return os.path.join(HANDLERS, name)
+
+
+def alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.05, message: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+
+
+def rank_pids(description: dict) -> list[int]:
+    return [r["pid"] for w in description["workers"] for r in w["ranks"]]
+
+
+def cpu_config(**overrides) -> dict:
+    config = {"deviceType": "cpu", "minWorkers": 1, "maxWorkers": 1}
+    config.update(overrides)
+    return config
+
+
+def dumps(obj) -> str:
+    return json.dumps(obj)
