@@ -1,0 +1,64 @@
+"""DeepSpeed-Inference for a causal LM, used when model-config.yaml has ``deepspeed:``.
+
+``deepspeed.config`` names a ds-config.json in the model dir (TorchServe's
+key); its tensor-parallel degree defaults to the worker's world size.
+DeepSpeed is imported only here, and only when asked for: where it cannot run
+(not installed, no CUDA) ``initialize`` fails at once, saying why, rather than
+at the first request.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+class DeepSpeedUnavailable(RuntimeError):
+    pass
+
+
+def ds_config(ctx) -> dict:
+    section = ctx.model_yaml_config.get("deepspeed") or {}
+    name = section.get("config")
+    config: dict = {}
+    if name:
+        path = Path(ctx.model_dir) / name
+        if not path.is_file():
+            raise FileNotFoundError(f"deepspeed.config: {name!r} is not a file in the model dir {ctx.model_dir}")
+        config = json.loads(path.read_text())
+    config.setdefault("tensor_parallel", {}).setdefault("tp_size", ctx.world_size)
+    return config
+
+
+def check_available(device: str):
+    """Import deepspeed, or raise naming the reason it cannot run here."""
+    import torch
+
+    if not str(device).startswith("cuda") or not torch.cuda.is_available():
+        raise DeepSpeedUnavailable(
+            f"deepspeed: DeepSpeed-Inference needs CUDA GPUs, but this rank's device is {device!r}"
+            f"{'' if torch.cuda.is_available() else ' and torch sees no CUDA'}; "
+            "use parallelType tp/pp/pptp on CPU, or deploy with deviceType: gpu"
+        )
+    try:
+        import deepspeed
+    except ImportError as exc:
+        raise DeepSpeedUnavailable(
+            f"deepspeed: the deepspeed package cannot be imported ({exc}); "
+            "install it in the worker's environment (pip install 'lmjupyter[deepspeed]')"
+        ) from exc
+    return deepspeed
+
+
+def load_deepspeed(ctx, dtype):
+    """Load the HF model and hand it to ``deepspeed.init_inference``; returns the module."""
+    config = ds_config(ctx)
+    deepspeed = check_available(ctx.device)
+    from transformers import AutoModelForCausalLM
+
+    from lmjupyter.handlers.parallel.dist import ensure_process_group
+
+    ensure_process_group(ctx)
+    model = AutoModelForCausalLM.from_pretrained(ctx.model_dir, dtype=dtype, local_files_only=True).eval()
+    config.setdefault("dtype", dtype)
+    engine = deepspeed.init_inference(model, config=config)
+    return engine.module
