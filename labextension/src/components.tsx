@@ -12,6 +12,7 @@ import {
   formatQueue,
   formatRate,
   formatVersion,
+  formatWorkers,
   plural,
   queueFill,
   rankCount,
@@ -107,6 +108,10 @@ function ModelCard(props: {
     changedAt !== null && props.now - changedAt < CHANGE_MARK_MS;
   const busy = pending !== null || model.state === 'stopping';
   const summary = configSummary(model.config);
+  const restarts =
+    typeof model.metrics?.worker_restarts === 'number'
+      ? model.metrics.worker_restarts
+      : 0;
   return (
     <section
       className={
@@ -128,7 +133,9 @@ function ModelCard(props: {
         <StateChip state={model.state} />
       </div>
       <div className="jp-LmServe-stats">
-        <span title="workers">{plural(workers.length, 'worker')}</span>
+        <span title="workers" className="jp-LmServe-workerCount">
+          {formatWorkers(workers.length, model.target_workers)}
+        </span>
         <span title="queue depth / capacity">
           queue {formatQueue(model.queue)}
           {fill !== null && (
@@ -140,6 +147,11 @@ function ModelCard(props: {
         <span className="jp-LmServe-rate" title="requests per second">
           {formatRate(rate)}
         </span>
+        {restarts > 0 && (
+          <span title="worker restarts since deploy">
+            {plural(restarts, 'restart')}
+          </span>
+        )}
       </div>
       {summary && <div className="jp-LmServe-muted">{summary}</div>}
       {model.error && (
@@ -147,6 +159,11 @@ function ModelCard(props: {
           {model.error}
         </div>
       )}
+      {(model.warnings ?? []).map((w, i) => (
+        <div key={i} className="jp-LmServe-muted jp-LmServe-warning">
+          ⚠ {w}
+        </div>
+      ))}
       {pending && <div className="jp-LmServe-pending">{pending}…</div>}
       <div className="jp-LmServe-workers">
         {workers.map(w => (

@@ -21,6 +21,8 @@ export function modelSignature(model: IModelDescription): string {
     model.state,
     model.version ?? null,
     model.error ?? null,
+    model.target_workers ?? null,
+    model.warnings ?? null,
     model.queue ? [model.queue.depth, model.queue.capacity ?? null] : null,
     (model.workers ?? []).map(w => [
       w.id,

@@ -7,6 +7,7 @@ export type StateKind = 'ok' | 'pending' | 'error' | 'unknown';
 export function stateKind(state: string | null | undefined): StateKind {
   switch ((state ?? '').toLowerCase()) {
     case 'ready':
+    case 'busy':
     case 'running':
     case 'healthy':
     case 'alive':
@@ -58,6 +59,12 @@ export function queueFill(queue: IQueue | null | undefined): number | null {
     return null;
   }
   return Math.min(1, Math.max(0, queue.depth / queue.capacity));
+}
+
+/** "2 workers", or "1 worker → 2" while the server works towards another count. */
+export function formatWorkers(count: number, target: number | null | undefined): string {
+  const text = plural(count, 'worker');
+  return typeof target === 'number' && target !== count ? `${text} → ${target}` : text;
 }
 
 /** A worker's devices for display: "GPU 0,1" or "CPU". */

@@ -30,6 +30,8 @@ export interface IQueue {
 
 export interface IMetrics {
   requests_total?: number;
+  errors_total?: number;
+  worker_restarts?: number;
   [key: string]: unknown;
 }
 
@@ -40,8 +42,12 @@ export interface IModelDescription {
   /** The model-config mapping (TorchServe keys: minWorkers, maxWorkers, torchrun, ...). */
   config?: Record<string, unknown> | null;
   workers?: IWorker[];
+  /** The worker count the server is working towards (while scaling). */
+  target_workers?: number | null;
   queue?: IQueue | null;
   error?: string | null;
+  /** Non-fatal remarks from deploy (e.g. an unknown config key). */
+  warnings?: string[] | null;
   metrics?: IMetrics | null;
 }
 

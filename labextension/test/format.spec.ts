@@ -8,6 +8,7 @@ import {
   formatQueue,
   formatRate,
   formatVersion,
+  formatWorkers,
   nprocPerNode,
   queueFill,
   rankCount,
@@ -96,5 +97,14 @@ describe('format', () => {
     expect(formatAge(1000, 1500)).toBe('just now');
     expect(formatAge(0, 30000)).toBe('30 s ago');
     expect(formatAge(0, 300000)).toBe('5 min ago');
+  });
+});
+
+describe('formatWorkers', () => {
+  it('names the target while it differs', () => {
+    expect(formatWorkers(1, 1)).toBe('1 worker');
+    expect(formatWorkers(1, 2)).toBe('1 worker → 2');
+    expect(formatWorkers(2, undefined)).toBe('2 workers');
+    expect(stateKind('busy')).toBe('ok');
   });
 });
