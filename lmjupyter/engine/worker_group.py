@@ -215,6 +215,7 @@ class WorkerGroup:
     async def stop(self, grace: float = 5.0) -> None:
         """Ask the ranks to finish, then make sure every process of the group is gone."""
         self.state = WorkerState.STOPPING
+        _resolve(self._ready, WorkerStartError(f"worker {self.id} was stopped while starting"))
         for link in self.ranks.values():
             with contextlib.suppress(Exception):
                 link.writer.write(ipc.pack(("stop",)))

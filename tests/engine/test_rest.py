@@ -132,3 +132,29 @@ def test_kill_9_of_the_server_leaves_no_worker_behind(tmp_path):
         wait_until(lambda: not any(alive(p) for p in pids), 15, message="ranks to die with the server")
     finally:
         proc.stop()
+
+
+def test_generated_token_is_printed_and_kept_in_a_private_file(tmp_path):
+    import json
+    import stat
+    import subprocess
+    import sys
+
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(tmp_path)}
+    env.pop("LMJUPYTER_TOKEN", None)
+    proc = subprocess.Popen([sys.executable, "-m", "lmjupyter.cli", "serve", "--port", "0"], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = [proc.stdout.readline() for _ in range(3)]
+        token = lines[1].split("token:")[1].strip()
+        info_file = lines[2].split("server info:")[1].strip()
+        assert len(token) >= 24
+        assert stat.S_IMODE(os.stat(info_file).st_mode) == 0o600
+        info = json.load(open(info_file))
+        assert info["token"] == token and info["url"].startswith("http://127.0.0.1:")
+        ok = requests.get(info["url"] + "lmserve/api/health", headers={"Authorization": f"token {token}"}, timeout=10)
+        assert ok.status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    assert not os.path.exists(info_file)

@@ -212,3 +212,28 @@ def test_torchserve_style_handler_runs_unchanged(server):
     client.deploy("tsstyle", handler_path("torchserve_style.py"), config=config, wait=True)
     assert client.predict("tsstyle", {"data": "one two three"}) == "words=3"
     client.undeploy("tsstyle")
+
+
+def test_startup_timeout_fails_the_deploy_and_ends_the_ranks(server):
+    client = server.client
+    config = cpu_config(startupTimeout=2, torchrun={"nproc-per-node": 2})
+    started = time.perf_counter()
+    with pytest.raises(LMServeError) as info:
+        client.deploy("sluggish", handler_path("slow_init.py"), config=config, wait=True)
+    assert info.value.status == 500 and "startupTimeout=2s" in info.value.message
+    assert time.perf_counter() - started < 15
+    assert client.describe("sluggish")["state"] == "failed"
+    client.undeploy("sluggish")
+
+
+def test_undeploy_while_starting_ends_everything_at_once(server):
+    client = server.client
+    config = cpu_config(torchrun={"nproc-per-node": 2})
+    client.deploy("abandoned", handler_path("slow_init.py"), config=config, wait=False)
+    pids = wait_until(lambda: len(rank_pids(client.describe("abandoned"))) == 2 and rank_pids(client.describe("abandoned")),
+                      30, message="ranks to say hello")
+    started = time.perf_counter()
+    client.undeploy("abandoned")
+    assert time.perf_counter() - started < 10
+    wait_until(lambda: not any(alive(p) for p in pids), 10, message="ranks to end")
+    assert all(m["name"] != "abandoned" for m in client.list())

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The main job: JupyterLab with the lmjupyter extension, the quickstart notebook and a default
+# model the project builds itself (a tiny Llama, random weights, saved with save_pretrained).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+. .venv/bin/activate
+if [ ! -f models/tiny-llama/config.json ]; then
+    echo "==> building the default model into models/tiny-llama"
+    python -m lmjupyter.models.tiny models/tiny-llama --family llama
+fi
+exec jupyter lab --ip 127.0.0.1 --ServerApp.root_dir="$PWD" notebooks/quickstart.ipynb "$@"
