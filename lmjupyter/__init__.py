@@ -11,3 +11,23 @@ def __getattr__(name):
 
         return getattr(client, name)
     raise AttributeError(name)
+
+
+def _jupyter_server_extension_points():
+    """Jupyter Server finds the extension here (imported only by Jupyter, never by ranks)."""
+    from lmjupyter.jupyter_server_ext import LMServe
+
+    return [{"module": "lmjupyter.jupyter_server_ext", "app": LMServe}]
+
+
+def load_ipython_extension(ipython):
+    """``%load_ext lmjupyter``: the ``%lmserve`` / ``%%lmserve`` magics."""
+    from lmjupyter.magics import load_ipython_extension as load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython):
+    from lmjupyter.magics import unload_ipython_extension as unload
+
+    unload(ipython)

@@ -1,0 +1,111 @@
+"""``LMServe``: the engine mounted in a Jupyter server, its settings as traitlets.
+
+Life cycle: ``initialize_settings`` builds one :class:`~lmjupyter.engine.engine.Engine`
+rooted at the server's ``root_dir``; ``initialize_handlers`` mounts the shared
+route table under ``<base_url>lmserve/``; once the server listens, the URL and a
+token are exported to the environment that kernels inherit; ``stop_extension``
+ends every worker group before the server exits.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+
+from jupyter_server.extension.application import ExtensionApp
+from traitlets import Bool, Int, List, Unicode
+
+from lmjupyter.engine.engine import Engine, EngineSettings
+from lmjupyter.gpus import discover_gpus
+from lmjupyter.jupyter_server_ext.handlers import LMServeHandler, protect
+from lmjupyter.server.api import route_table
+
+ENV_URL, ENV_TOKEN, ENV_SERVER_PID = "LMJUPYTER_URL", "LMJUPYTER_TOKEN", "LMJUPYTER_SERVER_PID"
+_WILDCARDS = {"", "0.0.0.0", "*", "::", "localhost"}
+
+
+class LMServe(ExtensionApp):
+    """Serve models too large for one GPU from this Jupyter server (``c.LMServe.*``)."""
+
+    name = "lmjupyter"
+    description = "lmjupyter: torchrun worker groups behind Jupyter's REST API"
+    load_other_extensions = True
+
+    model_store = Unicode(None, allow_none=True, config=True, help=(
+        "Folder of model archives and folders. Handlers and models may be read from it; "
+        "default: none (only root_dir and allow_roots)."))
+    gpus = List(Int(), default_value=None, allow_none=True, config=True, help=(
+        "GPU ids this server may hand to workers. Default: $LMJUPYTER_GPUS, else what "
+        "nvidia-smi lists. [] plans for a machine without GPUs."))
+    allow_roots = List(Unicode(), config=True, help=(
+        "More folders handlers and model directories may be read from, besides the "
+        "server's root_dir and the model store."))
+    export_environment = Bool(True, config=True, help=(
+        "Export LMJUPYTER_URL and LMJUPYTER_TOKEN to the environment kernels inherit, so "
+        "that %lmserve and lmjupyter.discovery.connect() find this server."))
+
+    engine: Engine | None = None
+    _exported: dict[str, str | None] | None = None
+
+    def initialize_settings(self) -> None:
+        root_dir = os.path.realpath(os.path.expanduser(self.serverapp.root_dir))
+        store = os.path.realpath(os.path.expanduser(self.model_store)) if self.model_store else None
+        if store:
+            os.makedirs(store, exist_ok=True)
+        gpus = list(self.gpus) if self.gpus is not None else discover_gpus()
+        self.engine = Engine(EngineSettings(
+            root_dir=root_dir, model_store=store, gpus=gpus,
+            allowed_roots=[os.path.realpath(os.path.expanduser(p)) for p in self.allow_roots]))
+        identity = self.serverapp.identity_provider
+        # Password-only servers have no token a kernel could send: mint one these routes accept.
+        self.kernel_token = None if identity.token or not identity.auth_enabled else secrets.token_urlsafe(32)
+        self.settings.update(lmserve_engine=self.engine, lmserve_kernel_token=self.kernel_token)
+        self.log.info("lmjupyter: routes at %slmserve/ (GPUs: %s, roots: %s)",
+                      self.serverapp.base_url, gpus or "none", ", ".join(self.engine.allowed_roots))
+
+    def initialize_handlers(self) -> None:
+        # ExtensionApp joins each pattern with the server's base_url.
+        self.handlers.extend(route_table("/", LMServeHandler, wrap=protect))
+
+    async def _start_jupyter_server_extension(self, serverapp) -> None:
+        """The port is known only once the server listens; kernels start after this."""
+        if self.export_environment:
+            self.export_env()
+
+    def server_url(self) -> str:
+        app = self.serverapp
+        if app.sock:
+            raise RuntimeError("the server listens on a unix socket; kernels cannot reach it over HTTP")
+        host = "127.0.0.1" if app.ip in _WILDCARDS else app.ip
+        host = "[::1]" if app.ip == "::" else (f"[{host}]" if ":" in host else host)
+        scheme = "https" if app.certfile else "http"
+        return f"{scheme}://{host}:{app.port}{app.base_url}"
+
+    def kernel_credentials(self) -> tuple[str, str]:
+        """(URL, token) a process on this machine uses to call the routes."""
+        return self.server_url(), self.serverapp.identity_provider.token or self.kernel_token or ""
+
+    def export_env(self) -> None:
+        try:
+            url, token = self.kernel_credentials()
+        except RuntimeError as exc:
+            self.log.warning("lmjupyter: not exporting %s: %s", ENV_URL, exc)
+            return
+        values = {ENV_URL: url, ENV_TOKEN: token, ENV_SERVER_PID: str(os.getpid())}
+        self._exported = {key: os.environ.get(key) for key in values}
+        os.environ.update(values)
+
+    def _restore_env(self) -> None:
+        for key, previous in (self._exported or {}).items():
+            if previous is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = previous
+        self._exported = None
+
+    async def stop_extension(self) -> None:
+        """Server shutdown: every worker group of every model ends before the server exits."""
+        self._restore_env()
+        if self.engine is not None:
+            count = len(self.engine.models())
+            await self.engine.shutdown()
+            self.log.info("lmjupyter: stopped %d model(s)", count)
