@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args) -> int:
+    import logging
+
     from lmjupyter.engine.engine import EngineSettings
     from lmjupyter.gpus import discover_gpus
     from lmjupyter.server.standalone import serve
@@ -48,6 +50,7 @@ def _serve(args) -> int:
         os.makedirs(model_store, exist_ok=True)
     settings = EngineSettings(root_dir=os.getcwd(), model_store=model_store, gpus=gpus,
                               allowed_roots=[os.path.abspath(p) for p in args.allow_root])
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(levelname)s %(name)s] %(message)s")
     asyncio.run(serve(args.host, args.port, args.token, settings))
     return 0
 

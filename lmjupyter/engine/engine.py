@@ -14,6 +14,7 @@ mount the same REST routes over one :class:`Engine`::
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import shutil
@@ -31,6 +32,7 @@ from lmjupyter.engine.worker_group import WorkerSpec, read_tail
 from lmjupyter.errors import ApiError
 from lmjupyter.gpus import GpuAllocationError, GpuAllocator, Holder
 
+log = logging.getLogger("lmjupyter")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 BUILTIN_CAUSAL_LM = "lmjupyter.handlers.causal_lm:CausalLMHandler"
 DEPLOY_KEYS = {"name", "handler", "model_dir", "archive", "config", "config_file", "wait", "dry_run",
@@ -102,6 +104,10 @@ class Engine:
                             make_spec=lambda wid, gpus: self._worker_spec(model, wid, gpus),
                             metrics=self.metrics.for_model(name), on_change=self._changed)
         model.warnings = request["warnings"]
+        for warning in model.warnings:
+            log.warning("deploy %s: %s", name, warning)
+        log.info("deploying %s v%s: %d worker(s) x %d rank(s) on %s", name, model.version,
+                 config.minWorkers, config.nproc, config.deviceType)
         self._models[name] = model
         self._changed()
         task = asyncio.ensure_future(model.start())

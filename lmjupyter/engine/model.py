@@ -10,7 +10,7 @@ compatibility.)
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 import time
 from collections import deque
 from typing import Callable
@@ -21,6 +21,7 @@ from lmjupyter.engine.request import PendingRequest, RequestFailed
 from lmjupyter.engine.states import ModelState, WorkerState
 from lmjupyter.engine.worker_group import WorkerGroup, WorkerSpec, WorkerStartError
 
+log = logging.getLogger("lmjupyter")
 MAX_RESTART_ATTEMPTS = 5
 HEALTHY_AFTER_S = 60.0
 
@@ -105,6 +106,7 @@ class ServedModel:
             await self._fail(errors[0])
             return
         self.state = ModelState.READY
+        log.info("model %s v%s ready with %d worker(s)", self.name, self.version, len(self.workers))
         self._on_change()
 
     async def _start_worker(self, worker_id: int) -> WorkerGroup:
@@ -135,6 +137,7 @@ class ServedModel:
         attempt = 1 if healthy else self._failures.get(worker.id, 0) + 1
         self._failures[worker.id] = attempt
         self.error = {"message": f"worker {worker.id} restarting (attempt {attempt}): {reason}"}
+        log.warning("model %s: %s", self.name, self.error["message"])
         self._spawn(self._restart(worker.id, attempt))
 
     async def _restart(self, worker_id: int, attempt: int) -> None:
@@ -164,6 +167,7 @@ class ServedModel:
         self.state = ModelState.FAILED
         self.error = {"message": f"model {self.name} failed to start: {exc}",
                       "traceback": getattr(exc, "traceback", "")}
+        log.error("%s\n%s", self.error["message"], self.error["traceback"])
         self._drain_queue(RequestFailed(503, self.error["message"]))
         await self._stop_workers()
         self._on_change()
