@@ -96,7 +96,7 @@ class CausalLMHandler(BaseHandler):
         ids: list[list[int]] = [[] for _ in batch]
         while True:
             try:
-                tokens = next(stream)
+                tokens, finished = next(stream)
             except StopIteration:
                 break
             partial = []
@@ -106,8 +106,9 @@ class CausalLMHandler(BaseHandler):
                     continue
                 ids[i].append(tok)
                 text = self.tokenizer.decode(ids[i], skip_special_tokens=True)
-                # hold back a piece that ends inside a multi-byte character
-                piece = "" if text.endswith("\ufffd") else text[len(texts[i]):]
+                # hold back a tail that may be the start of a multi-byte character,
+                # unless this is the request's last token
+                piece = "" if text.endswith("\ufffd") and not finished[i] else text[len(texts[i]):]
                 texts[i] += piece
                 partial.append({"token_id": tok, "text": piece})
             yield partial

@@ -16,6 +16,14 @@ from lmjupyter.handlers.causal_lm import CausalLMHandler
 from lmjupyter.worker.context import Context
 
 
+def local_numel(handler) -> int:
+    """Parameter elements this rank holds (its shards only)."""
+    from torch.distributed.tensor import DTensor
+
+    module = getattr(handler.runner, "model", None) or handler.runner.stage
+    return sum((p.to_local() if isinstance(p, DTensor) else p).numel() for p in module.parameters())
+
+
 def main(spec_path: str, out_dir: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     rank = int(os.environ.get("RANK", 0))
@@ -34,6 +42,7 @@ def main(spec_path: str, out_dir: str) -> None:
         record = {
             "answers": answers, "again": again, "streamed": streamed,
             "output_rank": handler.output_rank(ctx),
+            "local_numel": local_numel(handler),
             "max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         }
         Path(out_dir, f"{name}.rank{rank}.json").write_text(json.dumps(record))

@@ -74,8 +74,8 @@ def _pick(logits: torch.Tensor, temperatures: torch.Tensor, generator=None) -> t
 
 
 def generate(runner, requests: list[Request], pad_id: int, eos_ids: set[int], rank: int, device):
-    """Yield, per step, one new token id per request (None once it is finished);
-    return the generated ids per request.
+    """Yield, per step, one new token id per request (None once it is finished)
+    and whether each request is finished; return the generated ids per request.
 
     Rows that finished keep being fed (their tokens are ignored) so that the
     batch keeps one shape and every rank stays in the same step.
@@ -106,7 +106,7 @@ def generate(runner, requests: list[Request], pad_id: int, eos_ids: set[int], ra
                 outputs[i].append(tok)
                 partial.append(tok)
                 done[i] = tok in eos_ids or len(outputs[i]) >= requests[i].max_new_tokens
-            yield partial
+            yield partial, list(done)
             if all(done):
                 return outputs
             step_ids = next_ids[:, None]
