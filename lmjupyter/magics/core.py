@@ -1,0 +1,352 @@
+"""The ``%lmserve`` magics: parse a subcommand, call the REST API, show the answer."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import time
+
+import yaml
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
+from IPython.display import display
+
+from lmjupyter import discovery
+from lmjupyter.client import LMServeError
+from lmjupyter.magics import workspace
+from lmjupyter.magics.live import Live, deploy_progress, print_partial
+from lmjupyter.widgets.render import Table, logs_text, models_table, plan_table, workers_table
+
+POLL_INTERVAL = 0.3
+TERMINAL_STATES = ("ready", "failed")
+
+
+class MagicError(UsageError):
+    """Shown by IPython as one line, ``UsageError: ...``, with no traceback (and the cell fails)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise MagicError(f"{self.prog}: {message}\n{self.format_usage().strip()}")
+
+    def exit(self, status=0, message=None):
+        raise _HelpShown()
+
+
+class _HelpShown(Exception):
+    pass
+
+
+def _parser(prog: str, *arguments: tuple) -> _Parser:
+    parser = _Parser(prog=f"%lmserve {prog}", add_help=True)
+    for names, options in arguments:
+        parser.add_argument(*names, **options)
+    return parser
+
+
+PARSERS = {
+    "deploy": _parser(
+        "deploy",
+        (("name",), {}),
+        (("--handler",), {"help": "a .py file or module:Class (default: ./lmserve/NAME/handler.py)"}),
+        (("--config",), {"help": "a model-config.yaml (default: ./lmserve/NAME/model-config.yaml)"}),
+        (("--model-dir",), {"help": "the model folder (a Hugging Face folder needs no handler)"}),
+        (("--workers",), {"type": int, "help": "worker groups to start (default: minWorkers)"}),
+        (("--nproc",), {"type": int, "help": "ranks per worker (torchrun nproc-per-node)"}),
+        (("--version",), {"help": "version label of this deployment"}),
+        (("--dry-run",), {"action": "store_true", "help": "show the GPU plan and torchrun commands only"}),
+        (("--no-wait",), {"action": "store_true", "help": "return at once instead of following start-up"}),
+    ),
+    "status": _parser("status", (("name",), {"nargs": "?"})),
+    "scale": _parser("scale", (("name",), {}), (("workers",), {"type": int})),
+    "undeploy": _parser("undeploy", (("name",), {})),
+    "logs": _parser("logs", (("name",), {}), (("--rank",), {"type": int}),
+                    (("--tail",), {"type": int, "default": 40})),
+    "panel": _parser("panel", (("--interval",), {"type": float, "default": 2.0})),
+    "connect": _parser("connect", (("url",), {"nargs": "?"}), (("--token",), {})),
+    "handler": _parser("handler", (("name",), {})),
+    "config": _parser("config", (("name",), {})),
+}
+
+
+@magics_class
+class LMServeMagics(Magics):
+    def __init__(self, shell):
+        super().__init__(shell)
+        self.panels = []
+
+    @no_var_expand  # JSON like {"a": 1} must reach us unchanged
+    @line_cell_magic
+    def lmserve(self, line: str, cell: str | None = None):
+        """Serve models from this notebook (a thin client of the lmjupyter REST API).
+
+        Cell magics (the cell body is the content)::
+
+          %%lmserve handler NAME   save the cell as ./lmserve/NAME/handler.py and import it
+                                   once in a subprocess, so syntax and import errors show now
+          %%lmserve config NAME    validate the cell as model-config.yaml (errors name the key
+                                   and line) and save it as ./lmserve/NAME/model-config.yaml
+          %%lmserve query NAME [--stream]
+                                   send the cell body as one request (JSON, else text)
+
+        Line magics::
+
+          %lmserve deploy NAME [--handler PATH|module:Class] [--config FILE] [--model-dir DIR]
+                               [--workers N] [--nproc N] [--version V] [--dry-run] [--no-wait]
+                 start NAME's workers; defaults are what the cell magics saved for NAME.
+                 A progress bar follows every rank until the model is ready, then the
+                 worker table shows each rank's pid and device. --dry-run shows the GPU
+                 plan and torchrun commands and starts nothing.
+          %lmserve query NAME DATA [--stream]
+                 one request; DATA is JSON if it parses, else text. --stream prints the
+                 handler's partial results as they arrive. Returns the answer.
+          %lmserve status [NAME]   which server this kernel uses and its models; with NAME,
+                                   the model's workers, ranks, pids and devices
+          %lmserve scale NAME N    run N workers (within minWorkers..maxWorkers)
+          %lmserve undeploy NAME   stop the model; every one of its processes ends
+          %lmserve logs NAME [--rank R] [--tail N]
+                                   the last N lines of each rank's log (default 40)
+          %lmserve panel [--interval S]
+                                   the control panel: models, GPU map, config editor,
+                                   deploy/scale/undeploy, query box, live latency plot
+          %lmserve connect [URL] [--token T]
+                                   use another server; without URL, discover again
+
+        The server is found without configuration: the Jupyter server extension of
+        the server running this kernel, else LMJUPYTER_URL/LMJUPYTER_TOKEN, else a
+        private ``lmjupyter serve`` started for this kernel (see lmjupyter.discovery).
+        Errors show as one message; ``%lmserve SUBCOMMAND --help`` shows its options.
+        """
+        words = line.split(None, 1)
+        if not words:
+            raise MagicError("%lmserve: give a subcommand: " + ", ".join(SUBCOMMANDS) + " (see %lmserve?)")
+        command, rest = words[0], (words[1] if len(words) > 1 else "")
+        if command not in SUBCOMMANDS:
+            raise MagicError(f"%lmserve: unknown subcommand {command!r}; expected one of {', '.join(SUBCOMMANDS)}")
+        if command in ("handler", "config") and cell is None:
+            raise MagicError(f"%lmserve {command} is a cell magic: put `%%lmserve {command} NAME` on the first "
+                             "line of a cell and the content below it")
+        try:
+            return getattr(self, "_" + command)(rest, cell)
+        except _HelpShown:
+            return None
+        except LMServeError as exc:
+            raise MagicError(f"%lmserve {command}: {_server_message(exc)}") from None
+        except discovery.DiscoveryError as exc:
+            raise MagicError(f"%lmserve {command}: {exc}") from None
+        except (ValueError, OSError) as exc:
+            raise MagicError(f"%lmserve {command}: {exc}") from None
+        except KeyboardInterrupt:
+            print(f"%lmserve {command}: interrupted (the server carries on; see %lmserve status)")
+            return None
+
+    # ---- helpers --------------------------------------------------------------------------------
+    @staticmethod
+    def client():
+        return discovery.connect()
+
+    @staticmethod
+    def _args(command: str, rest: str):
+        try:
+            words = shlex.split(rest)
+        except ValueError as exc:
+            raise MagicError(f"%lmserve {command}: {exc}") from None
+        return PARSERS[command].parse_args(words)
+
+    # ---- cell magics ----------------------------------------------------------------------------
+    def _handler(self, rest, cell):
+        name = self._args("handler", rest).name
+        path = workspace.save(workspace.handler_file(name), cell)
+        result = workspace.check_handler(path)
+        if not result["ok"]:
+            where = f"\n  at {result['where']}" if result.get("where") else ""
+            raise MagicError(f"handler {name} saved to {workspace.relative(path)}, but importing it failed:\n"
+                             f"{result['error']}{where}")
+        bases = f" ({', '.join(result['bases'])})" if result.get("bases") else ""
+        streams = "; streams partial results" if result.get("streams") else ""
+        print(f"handler {name}: {result['class']}{bases} saved to {workspace.relative(path)}; "
+              f"imports cleanly{streams}")
+
+    def _config(self, rest, cell):
+        from lmjupyter.config import ConfigError, load_config
+
+        name = self._args("config", rest).name
+        path = workspace.config_file(name)
+        try:
+            config, warnings = load_config(cell, filename=workspace.relative(path))
+        except ConfigError as exc:
+            raise MagicError(f"config {name} not saved: {exc}") from None
+        workspace.save(path, cell)
+        for warning in warnings:
+            print(f"warning: {warning}")
+        print(f"config {name}: saved to {workspace.relative(path)}: {config.deviceType or 'default device'}, "
+              f"workers {config.minWorkers}..{config.maxWorkers}, {config.nproc} rank(s) per worker, "
+              f"batchSize {config.batchSize}")
+
+    # ---- deploy ---------------------------------------------------------------------------------
+    def _deploy(self, rest, cell):
+        args = self._args("deploy", rest)
+        name = workspace.check_name(args.name)
+        handler = args.handler or _existing(workspace.handler_file(name))
+        if handler and (handler.endswith(".py") or os.sep in handler):
+            handler = os.path.abspath(os.path.expanduser(handler))
+        model_dir = os.path.abspath(os.path.expanduser(args.model_dir)) if args.model_dir else None
+        config_path = args.config or _existing(workspace.config_file(name))
+        if model_dir and not args.config and os.path.isfile(os.path.join(model_dir, "model-config.yaml")):
+            config_path = None  # the engine reads the model folder's own config
+        if not handler and not model_dir:
+            raise MagicError(f"%lmserve deploy: no handler for {name}: write one with `%%lmserve handler {name}`, "
+                             "or pass --handler FILE.py|module:Class, or --model-dir of a Hugging Face model")
+        body = {"model_dir": model_dir, "workers": args.workers, "version": args.version}
+        if args.nproc is not None:
+            body["config"] = _with_nproc(config_path, model_dir, args.nproc)
+        elif config_path:
+            body["config_file"] = os.path.abspath(os.path.expanduser(config_path))
+        client = self.client()
+        body = {k: v for k, v in body.items() if v is not None}
+        if args.dry_run:
+            display(plan_table(client.deploy(name, handler, dry_run=True, **body)))
+            return None
+        started = time.monotonic()
+        description = client.deploy(name, handler, wait=False, **body)
+        if args.no_wait:
+            display(workers_table(description))
+            return None
+        live = Live()
+        while description["state"] not in TERMINAL_STATES:
+            live.update(deploy_progress(description, time.monotonic() - started))
+            time.sleep(POLL_INTERVAL)
+            description = client.describe(name)
+        live.update(deploy_progress(description, time.monotonic() - started))
+        display(workers_table(description))
+        if description["state"] == "failed":
+            error = description.get("error") or {}
+            tail = [ln for ln in (error.get("traceback") or "").strip().splitlines() if ln.strip()][-4:]
+            raise MagicError(f"%lmserve deploy: {error.get('message', 'failed')}"
+                             + ("\n" + "\n".join(tail) if tail else "")
+                             + f"\n(see %lmserve logs {name})")
+        return None
+
+    # ---- requests -------------------------------------------------------------------------------
+    def _query(self, rest, cell):
+        words = rest.split(None, 1)
+        if not words:
+            raise MagicError("%lmserve query: give the model name, then the request (JSON or text)")
+        name, data = words[0], (words[1] if len(words) > 1 else "")
+        data, stream = data.strip(), False
+        if data == "--stream" or data.endswith(" --stream"):
+            data, stream = data[: -len("--stream")].strip(), True
+        elif data.startswith("--stream "):
+            data, stream = data[len("--stream "):].strip(), True
+        if cell is not None:
+            if data:
+                raise MagicError("%%lmserve query: the request is the cell body; nothing may follow the name "
+                                 "but --stream")
+            data = cell
+        payload = _parse_payload(data)
+        client = self.client()
+        if not stream:
+            return client.predict(workspace.check_name(name), payload)
+        partials = client.stream(workspace.check_name(name), payload)
+        printed = False
+        while True:
+            try:
+                partial = next(partials)
+            except StopIteration as stop:
+                if printed:
+                    print(flush=True)
+                return stop.value
+            printed = print_partial(partial) or printed
+
+    def _status(self, rest, cell):
+        args = self._args("status", rest)
+        connection = discovery.current()
+        client = connection.client()
+        if args.name:
+            display(workers_table(client.describe(args.name)))
+            return None
+        health = client.health()
+        table = models_table(client.list())
+        table.title = f"lmjupyter {health.get('version', '?')}: connected to {connection.describe()}"
+        display(table)
+        return None
+
+    def _scale(self, rest, cell):
+        args = self._args("scale", rest)
+        description = self.client().scale(args.name, args.workers)
+        display(workers_table(description))
+
+    def _undeploy(self, rest, cell):
+        args = self._args("undeploy", rest)
+        client = self.client()
+        before = client.describe(args.name)
+        client.undeploy(args.name)
+        pids = [r["pid"] for w in before.get("workers", []) for r in w.get("ranks", [])]
+        print(f"undeployed {args.name}: {len(before.get('workers', []))} worker(s), {len(pids)} rank process(es) ended")
+
+    def _logs(self, rest, cell):
+        args = self._args("logs", rest)
+        print(logs_text(self.client().logs(args.name, rank=args.rank, tail=args.tail)))
+
+    def _panel(self, rest, cell):
+        from lmjupyter.widgets.panel import ControlPanel
+
+        args = self._args("panel", rest)
+        panel = ControlPanel(connection=discovery.current(), interval=args.interval)
+        self.panels = [p for p in self.panels if not p.closed] + [panel]
+        display(panel)
+
+    def _connect(self, rest, cell):
+        args = self._args("connect", rest)
+        if args.url:
+            connection = discovery.use(args.url, args.token)
+        else:
+            discovery.reset()
+            connection = discovery.current()
+        health = connection.client().health()
+        print(f"connected to {connection.describe()}: lmjupyter {health.get('version', '?')}")
+
+
+SUBCOMMANDS = ("handler", "config", "deploy", "query", "status", "scale", "undeploy", "logs", "panel", "connect")
+
+
+def _existing(path: str) -> str | None:
+    return path if os.path.isfile(path) else None
+
+
+def _with_nproc(config_path: str | None, model_dir: str | None, nproc: int) -> dict:
+    """The config as a mapping with torchrun.nproc-per-node replaced (validated by the server)."""
+    if config_path is None and model_dir and os.path.isfile(os.path.join(model_dir, "model-config.yaml")):
+        config_path = os.path.join(model_dir, "model-config.yaml")
+    config = {}
+    if config_path:
+        with open(os.path.expanduser(config_path), encoding="utf-8") as f:
+            config = yaml.safe_load(f) or {}
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_path}: expected a mapping of model-config keys")
+    torchrun = config.get("torchrun") if isinstance(config.get("torchrun"), dict) else {}
+    config["torchrun"] = {**torchrun, "nproc-per-node": nproc}
+    return config
+
+
+def _parse_payload(text: str):
+    text = text.strip()
+    if not text:
+        raise MagicError("%lmserve query: the request is empty")
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    return text
+
+
+def _server_message(exc: LMServeError) -> str:
+    message = exc.message
+    if exc.status in (401, 403):
+        message += " (the server refused this kernel's credentials; see %lmserve status)"
+    elif exc.status == 0:
+        return message
+    return f"{message} (HTTP {exc.status})"

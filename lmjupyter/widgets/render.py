@@ -1,0 +1,150 @@
+"""Text and HTML views of the REST descriptions, shared by ``%lmserve`` and the panel.
+
+Pure Python (no ipywidgets): a :class:`Table` shows as HTML in a notebook and as
+aligned text in a terminal, because IPython picks from its mimebundle.
+"""
+from __future__ import annotations
+
+import html
+from typing import Any, Sequence
+
+STATE_COLORS = {"ready": "#1a7f37", "busy": "#0969da", "starting": "#9a6700", "loading": "#9a6700",
+                "restarting": "#bc4c00", "failed": "#cf222e", "stopping": "#6e7781", "stopped": "#6e7781"}
+STYLE = ("<style>.lmj-table{border-collapse:collapse;font-size:12px;margin:2px 0}"
+         ".lmj-table th,.lmj-table td{border:1px solid #d0d7de;padding:2px 8px;text-align:left}"
+         ".lmj-table th{background:#f6f8fa}.lmj-title{font-weight:600;margin:4px 0 2px}</style>")
+
+
+class Table:
+    """Rows of cells; a cell is plain text, or ``(text, state)`` to colour it by state."""
+
+    def __init__(self, columns: Sequence[str], rows: Sequence[Sequence[Any]], title: str = "",
+                 css_class: str = "", empty: str = "(none)", footer: str = ""):
+        self.columns, self.rows, self.title = list(columns), [list(r) for r in rows], title
+        self.css_class, self.empty, self.footer = css_class, empty, footer
+
+    def text(self) -> str:
+        cells = [self.columns] + [[_plain(c) for c in row] for row in self.rows]
+        widths = [max(len(row[i]) for row in cells) for i in range(len(self.columns))]
+        lines = [self.title] if self.title else []
+        lines.append("  ".join(c.ljust(w) for c, w in zip(cells[0], widths)).rstrip())
+        lines.append("  ".join("-" * w for w in widths))
+        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells[1:]]
+        if not self.rows:
+            lines.append(self.empty)
+        if self.footer:
+            lines.append(self.footer)
+        return "\n".join(lines)
+
+    def html(self) -> str:
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
+        body = "".join("<tr>" + "".join(_cell_html(c) for c in row) + "</tr>" for row in self.rows)
+        if not self.rows:
+            body = f'<tr><td colspan="{len(self.columns)}"><i>{html.escape(self.empty)}</i></td></tr>'
+        title = f'<div class="lmj-title">{html.escape(self.title)}</div>' if self.title else ""
+        footer = f"<div>{html.escape(self.footer)}</div>" if self.footer else ""
+        return (f'{STYLE}<div class="lmj {self.css_class}">{title}<table class="lmj-table">'
+                f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{footer}</div>")
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        return {"text/plain": self.text(), "text/html": self.html()}
+
+    def __str__(self) -> str:
+        return self.text()
+
+
+class Bundle:
+    """Several views shown as one output (text joined by blank lines, HTML stacked)."""
+
+    def __init__(self, *parts):
+        self.parts = [p for p in parts if p is not None]
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        texts = [p.text() if hasattr(p, "text") else str(p) for p in self.parts]
+        htmls = [p.html() if hasattr(p, "html") else f"<pre>{html.escape(str(p))}</pre>" for p in self.parts]
+        return {"text/plain": "\n\n".join(texts), "text/html": "".join(htmls)}
+
+
+def _plain(cell) -> str:
+    return str(cell[0]) if isinstance(cell, tuple) else ("" if cell is None else str(cell))
+
+
+def _cell_html(cell) -> str:
+    if isinstance(cell, tuple):
+        text, state = cell
+        color = STATE_COLORS.get(str(state), "inherit")
+        return (f'<td data-state="{html.escape(str(state))}"><span style="color:{color};font-weight:600">'
+                f"{html.escape(str(text))}</span></td>")
+    return f"<td>{html.escape(_plain(cell))}</td>"
+
+
+# ---- views of descriptions ------------------------------------------------------------------
+def ranks_ready(model: dict) -> tuple[int, int]:
+    """(ranks ready, ranks expected) of a model description."""
+    nproc = int(model.get("config", {}).get("torchrun", {}).get("nproc-per-node", 1))
+    target = int(model.get("target_workers", len(model.get("workers", []))))
+    ready = sum(1 for w in model.get("workers", []) for r in w.get("ranks", []) if r.get("state") == "ready")
+    return ready, max(target, len(model.get("workers", []))) * nproc
+
+
+def models_table(models: list[dict], css_class: str = "lmj-models") -> Table:
+    rows = []
+    for m in models:
+        workers = m.get("workers", [])
+        healthy = sum(1 for w in workers if w.get("state") in ("ready", "busy"))
+        ready, expected = ranks_ready(m)
+        queue = m.get("queue", {})
+        metrics = m.get("metrics", {})
+        rows.append([m["name"], m.get("version", ""), (m["state"], m["state"]),
+                     f"{healthy}/{m.get('target_workers', len(workers))}", f"{ready}/{expected}",
+                     f"{queue.get('depth', 0)}/{queue.get('capacity', '?')}",
+                     metrics.get("requests_total", 0), metrics.get("errors_total", 0)])
+    return Table(["model", "version", "state", "workers", "ranks ready", "queue", "requests", "errors"],
+                 rows, css_class=css_class, empty="no models deployed")
+
+
+def rank_device(model: dict, worker: dict, rank: int) -> str:
+    """Where a rank runs: 'cpu', or the physical GPU (CUDA_VISIBLE_DEVICES[local rank])."""
+    devices = [d for d in str(worker.get("devices", "")).split(",") if d]
+    if model.get("config", {}).get("deviceType") != "gpu" or not devices:
+        return "cpu"
+    return f"GPU {devices[rank % len(devices)]}"
+
+
+def workers_table(model: dict, css_class: str = "lmj-workers") -> Table:
+    rows = []
+    for w in model.get("workers", []):
+        ranks = w.get("ranks") or [{}]
+        for r in ranks:
+            rank = r.get("rank")
+            rows.append([w["id"], (w["state"], w["state"]), w.get("devices") or "cpu",
+                         "" if rank is None else rank, r.get("pid", ""),
+                         (r["state"], r["state"]) if r.get("state") else "",
+                         "" if rank is None else rank_device(model, w, rank)])
+    config = model.get("config", {})
+    nproc = config.get("torchrun", {}).get("nproc-per-node", 1)
+    title = (f"{model['name']} v{model.get('version', '?')}: {model['state']}, "
+             f"{len(model.get('workers', []))} worker(s) x {nproc} rank(s) on {config.get('deviceType', '?')}")
+    error = (model.get("error") or {}).get("message", "")
+    footer = "; ".join(filter(None, [f"handler: {model.get('handler', '')}", error and f"error: {error}"]
+                              + list(model.get("warnings") or [])))
+    return Table(["worker", "state", "CUDA_VISIBLE_DEVICES", "rank", "pid", "rank state", "device"],
+                 rows, title=title, css_class=css_class, empty="no workers running", footer=footer)
+
+
+def plan_table(plan: dict) -> Table:
+    p = plan["plan"]
+    rows = [[w["id"], w["devices"] or "cpu", " ".join(w["command"]),
+             " ".join(f"{k}={v}" for k, v in w.get("env", {}).items())] for w in p["workers"]]
+    title = (f"dry run of {plan['name']}: {len(p['workers'])} worker(s) x {p['nproc_per_node']} rank(s) "
+             f"on {p['device_type']}, handler {plan['handler']}")
+    return Table(["worker", "devices", "command", "environment"], rows, title=title, css_class="lmj-plan",
+                 footer="; ".join(plan.get("warnings") or []))
+
+
+def logs_text(logs: list[dict]) -> str:
+    parts = []
+    for entry in logs:
+        parts.append(f"--- worker {entry['worker']} rank {entry['rank']} ---")
+        parts.extend(entry.get("lines") or ["(empty)"])
+    return "\n".join(parts) if parts else "(no logs)"
