@@ -172,7 +172,7 @@ function ModelCard(props: {
       </div>
       <div className="jp-LmServe-actions">
         <button
-          className="jp-Button jp-mod-styled jp-mod-reject jp-LmServe-scale"
+          className="jp-Button jp-mod-styled jp-LmServe-button jp-LmServe-scale"
           disabled={busy}
           onClick={() => props.onScale(model.name)}
           title={`Change how many workers ${model.name} runs`}
@@ -180,7 +180,7 @@ function ModelCard(props: {
           Scale…
         </button>
         <button
-          className="jp-Button jp-mod-styled jp-mod-reject jp-LmServe-logs"
+          className="jp-Button jp-mod-styled jp-LmServe-button jp-LmServe-logs"
           onClick={() => props.onLogs(model.name)}
           title={`Open the last log lines of every rank of ${model.name}`}
         >
@@ -253,7 +253,7 @@ export function PanelView(props: IPanelViewProps): JSX.Element {
           {props.status}
         </span>
         <button
-          className="jp-Button jp-mod-styled jp-mod-reject jp-LmServe-refresh"
+          className="jp-Button jp-mod-styled jp-LmServe-button jp-LmServe-refresh"
           onClick={props.onRefresh}
           title="Poll the server now"
         >
@@ -265,8 +265,8 @@ export function PanelView(props: IPanelViewProps): JSX.Element {
           {snapshot.error}
           {snapshot.lastUpdated !== null && (
             <span className="jp-LmServe-muted">
-              {' '}
-              (last update {formatAge(snapshot.lastUpdated, props.now)})
+              Showing the last update, from{' '}
+              {formatAge(snapshot.lastUpdated, props.now)}.
             </span>
           )}
         </div>

@@ -106,7 +106,7 @@ export class LogsView extends ReactWidget {
             lines per rank
           </label>
           <button
-            className="jp-Button jp-mod-styled jp-mod-reject"
+            className="jp-Button jp-mod-styled jp-LmServe-button"
             onClick={() => void this._poller.refresh()}
           >
             Refresh
