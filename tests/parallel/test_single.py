@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import BATCH, MAX_NEW_TOKENS, REPO, hf_generate
+from conftest import BATCH, MAX_NEW_TOKENS, REPO, hf_generate, request_ids
 from lmjupyter.handlers.causal_lm import CausalLMHandler
 from lmjupyter.worker.context import Context
 
@@ -137,3 +137,23 @@ def test_layer_split_is_contiguous_and_front_loaded():
     assert split_layers(7, 3) == [(0, 3), (3, 5), (5, 7)]
     with pytest.raises(ValueError):
         split_layers(2, 3)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif("not __import__('torch').cuda.is_available()", reason="needs a CUDA GPU")
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_on_gpu_in_bfloat16_equals_generate(models, family):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    config = {"deviceType": "gpu", "handler": {"max_new_tokens": MAX_NEW_TOKENS, "dtype": "bfloat16"}}
+    ctx = Context(model_name="m", model_dir=models[family], model_yaml_config=config, device="cuda:0")
+    handler = CausalLMHandler()
+    handler.initialize(ctx)
+    answers = handler.handle(BATCH, ctx)
+    tokenizer = AutoTokenizer.from_pretrained(models[family])
+    model = AutoModelForCausalLM.from_pretrained(models[family], dtype=torch.bfloat16).to("cuda:0").eval()
+    for item, answer in zip(BATCH, answers):
+        ids, n = request_ids(tokenizer, item)
+        out = model.generate(torch.tensor([ids], device="cuda:0"), max_new_tokens=n, do_sample=False)
+        assert answer["token_ids"] == out[0, len(ids):].tolist()

@@ -84,9 +84,10 @@ class Stage(nn.Module):
             hidden = self.base(input_ids=x, **kwargs)[0]
         else:
             hidden = self.base(inputs_embeds=x, **kwargs)[0]
-        if self.last:
-            return self.head(hidden[:, -1, :])
-        return hidden
+        # contiguous: torch 2.11 checks strides against the static output shape, and an
+        # uneven vocab shard gathers into a padded buffer (stride 322 for 321 logits)
+        out = self.head(hidden[:, -1, :]) if self.last else hidden
+        return out.contiguous()
 
 
 def load_stage(model_dir, family: Family, layout, dtype) -> Stage:
