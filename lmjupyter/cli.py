@@ -23,6 +23,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="comma-separated GPU ids the server may use (default: $LMJUPYTER_GPUS, else nvidia-smi)")
     serve.add_argument("--allow-root", action="append", default=[], metavar="DIR",
                        help="another folder handlers and models may be read from (repeatable)")
+    serve.add_argument("--install-requirements", action="store_true",
+                       help="pip-install archives' requirements files, per model (never into this environment)")
+
+    from lmjupyter.archive import pack
+
+    archive = commands.add_parser("archive", help="package a handler, its config and files into a model archive",
+                                  description=pack.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    pack.add_arguments(archive)
     return parser
 
 
@@ -30,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "archive":
+        from lmjupyter.archive import pack
+
+        return pack.main(args)
     return 2
 
 
@@ -49,7 +61,8 @@ def _serve(args) -> int:
     if model_store:
         os.makedirs(model_store, exist_ok=True)
     settings = EngineSettings(root_dir=os.getcwd(), model_store=model_store, gpus=gpus,
-                              allowed_roots=[os.path.abspath(p) for p in args.allow_root])
+                              allowed_roots=[os.path.abspath(p) for p in args.allow_root],
+                              install_requirements=args.install_requirements)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(levelname)s %(name)s] %(message)s")
     asyncio.run(serve(args.host, args.port, args.token, settings))
     return 0

@@ -43,27 +43,39 @@ class Client:
     def list(self) -> list[dict]:
         return self._call("GET", "lmserve/api/models")["models"]
 
-    def describe(self, name: str) -> dict:
-        return self._call("GET", f"lmserve/api/models/{name}")
+    def describe(self, name: str, version: str | None = None) -> dict:
+        """The default version (or ``version``), with the list of ``versions``."""
+        return self._call("GET", _model_path(name, version))
+
+    def restore_errors(self) -> list[dict]:
+        """Models of the registry snapshot that did not come back at the server's start, and why."""
+        return self._call("GET", "lmserve/api/models").get("restore_errors", [])
 
     def deploy(self, name: str, handler: str | None = None, *, model_dir: str | None = None,
                archive: str | None = None, config: dict | str | None = None, config_file: str | None = None,
                workers: int | None = None, wait: bool = False, dry_run: bool = False,
+               version: str | None = None, install_requirements: bool | None = None,
                **extra: Any) -> dict:
         body = {"name": name, "handler": handler, "model_dir": model_dir, "archive": archive,
                 "config": config, "config_file": config_file, "workers": workers,
-                "wait": wait, "dry_run": dry_run, **extra}
+                "wait": wait, "dry_run": dry_run, "version": version,
+                "install_requirements": install_requirements, **extra}
         return self._call("POST", "lmserve/api/models", json={k: v for k, v in body.items() if v is not None})
 
-    def scale(self, name: str, workers: int) -> dict:
-        return self._call("PUT", f"lmserve/api/models/{name}", json={"workers": workers})
+    def scale(self, name: str, workers: int, version: str | None = None) -> dict:
+        return self._call("PUT", _model_path(name, version), json={"workers": workers})
 
-    def undeploy(self, name: str) -> dict:
-        return self._call("DELETE", f"lmserve/api/models/{name}")
+    def undeploy(self, name: str, version: str | None = None) -> dict:
+        """Undeploy one version, or every version of the model when ``version`` is None."""
+        return self._call("DELETE", _model_path(name, version))
 
-    def logs(self, name: str, rank: int | None = None, tail: int = 100) -> list[dict]:
+    def set_default(self, name: str, version: str) -> dict:
+        """Route /models/{name} (and its predict) to ``version``."""
+        return self._call("PUT", _model_path(name, version) + "/default")
+
+    def logs(self, name: str, rank: int | None = None, tail: int = 100, version: str | None = None) -> list[dict]:
         params = {"tail": tail, **({"rank": rank} if rank is not None else {})}
-        return self._call("GET", f"lmserve/api/models/{name}/logs", params=params)["logs"]
+        return self._call("GET", _model_path(name, version) + "/logs", params=params)["logs"]
 
     def gpus(self) -> list[dict]:
         return self._call("GET", "lmserve/api/gpus")["gpus"]
@@ -74,37 +86,37 @@ class Client:
         return response.text
 
     # ---- inference ---------------------------------------------------------------------------
-    def predict(self, name: str, data: Any = None, *, path: str | None = None) -> Any:
-        """One request; JSON values in and out, bytes stay bytes."""
-        response = self.session.post(self.url + (path or f"lmserve/api/models/{name}/predict"),
+    def predict(self, name: str, data: Any = None, *, path: str | None = None, version: str | None = None) -> Any:
+        """One request (to the default version unless ``version``); JSON values in and out, bytes stay bytes."""
+        response = self.session.post(self.url + (path or _model_path(name, version) + "/predict"),
                                      timeout=self.timeout, **_body(data))
         _raise_for(response)
         if response.headers.get("Content-Type", "").startswith("application/json"):
             return response.json()
         return response.content
 
-    def stream(self, name: str, data: Any = None) -> Iterator[Any]:
+    def stream(self, name: str, data: Any = None, version: str | None = None) -> Iterator[Any]:
         """Yield the handler's partial results as they arrive (the generator returns the final answer)."""
         final = None
-        for kind, value in self._stream_lines(name, data):
+        for kind, value in self._stream_lines(name, data, version):
             if kind == "partial":
                 yield value
             else:
                 final = value
         return final
 
-    def predict_stream(self, name: str, data: Any = None) -> tuple[list[Any], Any]:
+    def predict_stream(self, name: str, data: Any = None, version: str | None = None) -> tuple[list[Any], Any]:
         """All partial results and the final answer of one streamed request."""
         partials, final = [], None
-        for kind, value in self._stream_lines(name, data):
+        for kind, value in self._stream_lines(name, data, version):
             if kind == "partial":
                 partials.append(value)
             else:
                 final = value
         return partials, final
 
-    def _stream_lines(self, name: str, data: Any) -> Iterator[tuple[str, Any]]:
-        with self.session.post(self.url + f"lmserve/api/models/{name}/predict", params={"stream": "1"},
+    def _stream_lines(self, name: str, data: Any, version: str | None = None) -> Iterator[tuple[str, Any]]:
+        with self.session.post(self.url + _model_path(name, version) + "/predict", params={"stream": "1"},
                                stream=True, timeout=self.timeout, **_body(data)) as response:
             _raise_for(response)
             for line in response.iter_lines():
@@ -124,6 +136,11 @@ class Client:
             raise LMServeError(0, f"cannot reach the lmjupyter server at {self.url}: {exc}") from None
         _raise_for(response)
         return response.json()
+
+
+def _model_path(name: str, version: str | None) -> str:
+    path = f"lmserve/api/models/{name}"
+    return path if version is None else f"{path}/versions/{version}"
 
 
 def _body(data: Any) -> dict:

@@ -24,10 +24,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import lmjupyter
+from lmjupyter.archive.manifest import VERSION_PATTERN
 from lmjupyter.config import ConfigError, ModelConfig, load_config
 from lmjupyter.engine.metrics import EngineMetrics
 from lmjupyter.engine.model import ServedModel
 from lmjupyter.engine.states import ModelState
+from lmjupyter.engine.store import ModelStore
 from lmjupyter.engine.worker_group import WorkerSpec, read_tail
 from lmjupyter.errors import ApiError
 from lmjupyter.gpus import GpuAllocationError, GpuAllocator, Holder
@@ -36,7 +38,7 @@ log = logging.getLogger("lmjupyter")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 BUILTIN_CAUSAL_LM = "lmjupyter.handlers.causal_lm:CausalLMHandler"
 DEPLOY_KEYS = {"name", "handler", "model_dir", "archive", "config", "config_file", "wait", "dry_run",
-               "workers", "version"}
+               "workers", "version", "install_requirements"}
 RESERVED_TORCHRUN_KEYS = {"no-python", "no_python", "module", "m", "run-path", "run_path", "standalone"}
 
 
@@ -46,6 +48,7 @@ class EngineSettings:
     model_store: str | None = None
     gpus: list[int] = field(default_factory=list)
     allowed_roots: list[str] = field(default_factory=list)
+    install_requirements: bool = False  # default of the deploy key: pip-install archives' requirements
 
 
 class Engine:
@@ -58,25 +61,70 @@ class Engine:
         self.metrics = EngineMetrics()
         self.run_dir = tempfile.mkdtemp(prefix="lmj-")  # private (0700): sockets, specs, logs
         self.listeners: list[Callable[[], None]] = []
-        self._models: dict[str, ServedModel] = {}
+        self._models: dict[tuple[str, str], ServedModel] = {}  # by (name, version)
+        self._defaults: dict[str, str] = {}  # name -> the version /models/{name} means
         self._starting: set[asyncio.Task] = set()
+        self.restore_errors: list[dict] = []  # snapshot entries that could not come back
+        self.store = ModelStore(settings.model_store, self.run_dir)
+        if not settings.model_store:  # archives then unpack into the private run directory
+            self.allowed_roots.append(os.path.realpath(self.store.unpack_root))
+        self.listeners.append(lambda: self.store.save(self))
+        self._restoring: asyncio.Task | None = None
 
     # ---- queries ----------------------------------------------------------------------------
-    def model(self, name: str) -> ServedModel:
-        try:
-            return self._models[name]
-        except KeyError:
-            raise ApiError(404, f"no model named {name!r} is deployed") from None
+    def model(self, name: str, version: str | None = None) -> ServedModel:
+        """A version of a model; its default version when ``version`` is None."""
+        model = self._models.get((name, self._defaults.get(name) if version is None else str(version)))
+        if model is None:
+            versions = self.versions(name)
+            if versions:
+                raise ApiError(404, f"model {name!r} has no version {version!r} (versions: {', '.join(versions)})")
+            raise ApiError(404, f"no model named {name!r} is deployed")
+        return model
 
     def models(self) -> list[ServedModel]:
         return list(self._models.values())
+
+    def versions(self, name: str) -> list[str]:
+        return [version for (n, version) in self._models if n == name]
+
+    def default_version(self, name: str) -> str | None:
+        return self._defaults.get(name)
+
+    def describe(self, name: str, version: str | None = None) -> dict:
+        """A version's description (the default's when None), with all ``versions`` of the name."""
+        out = self.describe_model(self.model(name, version))
+        out["default_version"] = self._defaults.get(name)
+        out["versions"] = [{"version": m.version, "state": m.state.value, "target_workers": m.target,
+                            "default": self._defaults.get(name) == m.version}
+                           for (n, _), m in self._models.items() if n == name]
+        return out
+
+    def describe_model(self, model: ServedModel) -> dict:
+        """``model.describe()`` plus whether it is its name's ``default`` and the ``archive`` it came from."""
+        out = model.describe()
+        out["default"] = self._defaults.get(model.name) == model.version
+        out["archive"] = model.source.get("archive")
+        return out
+
+    def set_default(self, name: str, version: str) -> dict:
+        """Make ``version`` the one that /models/{name} (and its predict route) means."""
+        self._defaults[name] = self.model(name, version).version
+        self._changed()
+        return self.describe(name)
+
+    def restore(self) -> asyncio.Task:
+        """Start bringing back the models of the store's registry snapshot (once; needs a running loop)."""
+        if self._restoring is None:
+            self._restoring = asyncio.ensure_future(self.store.restore(self))
+        return self._restoring
 
     def describe_gpus(self) -> list[dict]:
         self.allocator.held = self._held_gpus()
         return self.allocator.describe()
 
-    def logs(self, name: str, rank: int | None = None, tail: int = 100) -> list[dict]:
-        model = self.model(name)
+    def logs(self, name: str, rank: int | None = None, tail: int = 100, version: str | None = None) -> list[dict]:
+        model = self.model(name, version)
         out = []
         for worker_id in sorted(model.workers):
             log_dir = self._log_dir(model.name, model.version, worker_id)
@@ -87,28 +135,42 @@ class Engine:
         return out
 
     # ---- deploy -----------------------------------------------------------------------------
-    async def deploy(self, body: dict) -> dict:
-        """Validate a deploy body, plan GPUs and start workers (or only plan, for a dry run)."""
-        request = self._parse_deploy(body)
-        name, config = request["name"], request["config"]
-        existing = self._models.get(name)
-        if existing is not None and existing.state != ModelState.FAILED and not request["dry_run"]:
-            raise ApiError(409, f"model {name!r} is already deployed ({existing.state.value}); undeploy it first")
-        plan = self._plan_gpus(name, config, list(range(1, config.minWorkers + 1)))
+    async def deploy(self, body: dict, *, target_workers: int | None = None, default: bool | None = None) -> dict:
+        """Validate a deploy body, plan GPUs and start workers (or only plan, for a dry run).
+
+        Versions of one name run side by side; the first deployed is the default. ``target_workers``
+        and ``default`` serve the registry snapshot's restore (the count a model was scaled to).
+        """
+        request = await self._parse_deploy(body)
+        name, version, config = request["name"], request["version"], request["config"]
+        self._refuse_duplicate(request)
+        if request["requirements"] and not request["dry_run"]:
+            request["python_path"].append(await self.store.install_requirements(
+                request["requirements"], name, version, cwd=request["model_dir"]))
+            self._refuse_duplicate(request)  # another deploy may have won while pip ran
+        count = config.minWorkers if target_workers is None else min(max(target_workers, config.minWorkers),
+                                                                     config.maxWorkers)
+        plan = self._plan_gpus((name, version), config, list(range(1, count + 1)))
         if request["dry_run"]:
             return self._dry_run(request, plan)
+        existing = self._models.get((name, version))
+        default = default or self._defaults.get(name) == version  # a failed default is replaced as the default
         if existing is not None:
-            await self.undeploy(name)
-        model = ServedModel(name, request["version"], config, handler=request["handler"],
+            await self._remove(existing)
+        model = ServedModel(name, version, config, handler=request["handler"],
                             model_dir=request["model_dir"], gpu_plan=plan,
                             make_spec=lambda wid, gpus: self._worker_spec(model, wid, gpus),
                             metrics=self.metrics.for_model(name), on_change=self._changed)
+        model.target = count
         model.warnings = request["warnings"]
+        model.manifest, model.python_path, model.source = request["manifest"], request["python_path"], request["source"]
         for warning in model.warnings:
             log.warning("deploy %s: %s", name, warning)
         log.info("deploying %s v%s: %d worker(s) x %d rank(s) on %s", name, model.version,
-                 config.minWorkers, config.nproc, config.deviceType)
-        self._models[name] = model
+                 count, config.nproc, config.deviceType)
+        self._models[(name, version)] = model
+        if default or name not in self._defaults:
+            self._defaults[name] = version
         self._changed()
         task = asyncio.ensure_future(model.start())
         self._starting.add(task)
@@ -117,10 +179,16 @@ class Engine:
             await asyncio.shield(task)
             if model.state == ModelState.FAILED:
                 raise ApiError(500, model.error["message"], traceback=model.error.get("traceback"),
-                               model=model.describe())
-        return model.describe()
+                               model=self.describe_model(model))
+        return self.describe_model(model)
 
-    def _parse_deploy(self, body: Any) -> dict:
+    def _refuse_duplicate(self, request: dict) -> None:
+        existing = self._models.get((request["name"], request["version"]))
+        if existing is not None and existing.state != ModelState.FAILED and not request["dry_run"]:
+            raise ApiError(409, f"model {request['name']!r} version {request['version']!r} is already deployed "
+                                f"({existing.state.value}); undeploy it first, or deploy another version")
+
+    async def _parse_deploy(self, body: Any) -> dict:
         if not isinstance(body, dict):
             raise ApiError(400, "deploy body must be a JSON object")
         unknown = sorted(set(body) - DEPLOY_KEYS)
@@ -130,14 +198,19 @@ class Engine:
         name = body.get("name")
         if not isinstance(name, str) or not NAME_PATTERN.match(name):
             raise ApiError(400, f"name = {name!r}: expected 1-64 letters, digits, '.', '_' or '-'", key="name")
-        for key in ("wait", "dry_run"):
+        for key in ("wait", "dry_run", "install_requirements"):
             if not isinstance(body.get(key, False), bool):
                 raise ApiError(400, f"{key} = {body[key]!r}: expected true or false", key=key)
+        archive = None
         if body.get("archive") is not None:
-            raise ApiError(400, "archive: deploying archives is not supported by this server yet", key="archive")
-        model_dir = self._checked_path(body.get("model_dir"), "model_dir", directory=True)
-        handler = self._resolve_handler(body.get("handler"), model_dir)
-        config, warnings = self._load_deploy_config(body, model_dir)
+            if body.get("model_dir") is not None:
+                raise ApiError(400, "give model_dir or archive, not both", key="archive")
+            archive = await self.store.open_archive(self._checked_path(body["archive"], "archive"))
+            model_dir = archive.model_dir
+        else:
+            model_dir = self._checked_path(body.get("model_dir"), "model_dir", directory=True)
+        handler = self._resolve_handler(body.get("handler") or (archive and archive.handler), model_dir)
+        config, warnings = self._load_deploy_config(body, model_dir, archive)
         workers = body.get("workers")
         if workers is not None:
             if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
@@ -146,18 +219,36 @@ class Engine:
                                                "maxWorkers": max(workers, config.maxWorkers)})
         if config.deviceType is None:
             config = config.model_copy(update={"deviceType": "gpu" if self.allocator.gpus else "cpu"})
-        version = str(body.get("version", "1"))
+        version = str(body["version"] if body.get("version") is not None else (archive and archive.version) or "1")
+        if not VERSION_PATTERN.match(version):
+            raise ApiError(400, f"version = {version!r}: expected 1-64 letters, digits, '.', '_', '+' or '-'",
+                           key="version")
+        install = body.get("install_requirements", self.settings.install_requirements)
+        requirements = archive.requirements if archive else None
+        if requirements and not install:
+            warnings.append(f"the archive lists requirements ({os.path.basename(requirements)}) that were not "
+                            "installed; deploy with install_requirements: true (or serve --install-requirements)")
+        # What the registry snapshot records to deploy this again after a restart.
+        source = {"handler": handler if body.get("handler") or not archive else None,
+                  "model_dir": None if archive else model_dir, "archive": archive and archive.source,
+                  "config": config.as_yaml_dict(), "install_requirements": install if requirements else None}
         return {"name": name, "handler": handler, "model_dir": model_dir or self.root_dir, "config": config,
-                "warnings": warnings, "wait": body.get("wait", False), "dry_run": body.get("dry_run", False),
-                "version": version}
+                "warnings": (archive.warnings if archive else []) + warnings, "wait": body.get("wait", False),
+                "dry_run": body.get("dry_run", False), "version": version,
+                "requirements": requirements if install else None,
+                "manifest": archive.manifest if archive else {},
+                "python_path": list(archive.python_path) if archive else [],
+                "source": {k: v for k, v in source.items() if v is not None}}
 
-    def _load_deploy_config(self, body: dict, model_dir: str | None) -> tuple[ModelConfig, list[str]]:
+    def _load_deploy_config(self, body: dict, model_dir: str | None, archive=None) -> tuple[ModelConfig, list[str]]:
         config, config_file = body.get("config"), body.get("config_file")
         if config is not None and config_file is not None:
             raise ApiError(400, "give config or config_file, not both", key="config")
         if config is not None and not isinstance(config, (dict, str)):
             raise ApiError(400, "config: expected a mapping of model-config keys (or YAML text)", key="config")
         filename = "config"
+        if config_file is None and config is None and archive is not None and archive.config is not None:
+            config, filename = archive.config, archive.config_name
         if config_file is None and config is None and model_dir:
             default = os.path.join(model_dir, "model-config.yaml")
             config_file = default if os.path.isfile(default) else None
@@ -210,15 +301,16 @@ class Engine:
         return path
 
     # ---- GPUs and worker specs ---------------------------------------------------------------
-    def _held_gpus(self, excluding: str | None = None) -> dict[int, Holder]:
-        return {gpu: Holder(m.name, wid) for m in self._models.values() if m.name != excluding
+    def _held_gpus(self, excluding: tuple[str, str] | None = None) -> dict[int, Holder]:
+        return {gpu: Holder(m.name, wid) for key, m in self._models.items() if key != excluding
                 for wid, gpus in m.gpus.items() for gpu in gpus}
 
-    def _plan_gpus(self, name: str, config: ModelConfig, worker_ids: list[int],
+    def _plan_gpus(self, key: tuple[str, str], config: ModelConfig, worker_ids: list[int],
                    own: dict[int, list[int]] | None = None) -> dict[int, list[int]]:
         if config.deviceType != "gpu":
             return {wid: [] for wid in worker_ids}
-        held = self._held_gpus(excluding=name)
+        name = key[0]
+        held = self._held_gpus(excluding=key)
         for wid, gpus in (own or {}).items():
             held.update({gpu: Holder(name, wid) for gpu in gpus})
         self.allocator.held = held
@@ -243,10 +335,11 @@ class Engine:
                 args += [f"--{key}", str(value)]
         return args
 
-    def _worker_env(self, config: ModelConfig, gpus: list[int]) -> dict[str, str]:
+    def _worker_env(self, config: ModelConfig, gpus: list[int], extra_paths=()) -> dict[str, str]:
         env = dict(os.environ)
         package_parent = os.path.dirname(os.path.dirname(os.path.abspath(lmjupyter.__file__)))
-        env["PYTHONPATH"] = os.pathsep.join(p for p in [package_parent, env.get("PYTHONPATH", "")] if p)
+        # extra_paths: the model's own requirements (pip --target), the ts shim for TorchServe archives
+        env["PYTHONPATH"] = os.pathsep.join(p for p in [package_parent, *extra_paths, env.get("PYTHONPATH", "")] if p)
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
         env["OMP_NUM_THREADS"] = str(config.torchrun.omp_number_threads)
         env["PYTHONUNBUFFERED"] = "1"
@@ -258,7 +351,8 @@ class Engine:
         return WorkerSpec(
             model_name=model.name, worker_id=worker_id, handler=model.handler, model_dir=model.model_dir,
             config=config.as_yaml_dict(), nproc=config.nproc, gpus=gpus,
-            torchrun_args=self._torchrun_args(config), env=self._worker_env(config, gpus),
+            torchrun_args=self._torchrun_args(config), env=self._worker_env(config, gpus, model.python_path),
+            manifest=model.manifest,
             run_dir=self.run_dir, log_dir=self._log_dir(model.name, model.version, worker_id),
             startup_timeout=config.startupTimeout)
 
@@ -280,8 +374,8 @@ class Engine:
                 "plan": {"device_type": config.deviceType, "nproc_per_node": config.nproc, "workers": workers}}
 
     # ---- scale and undeploy -----------------------------------------------------------------
-    async def scale(self, name: str, body: Any) -> dict:
-        model = self.model(name)
+    async def scale(self, name: str, body: Any, version: str | None = None) -> dict:
+        model = self.model(name, version)
         count = body.get("workers") if isinstance(body, dict) else None
         if not isinstance(count, int) or isinstance(count, bool):
             raise ApiError(400, 'scale body must be {"workers": N} with an integer N', key="workers")
@@ -295,17 +389,39 @@ class Engine:
         while len(model.workers) + len(new_ids) < count:
             new_ids.append(next_id)
             next_id += 1
-        plan = self._plan_gpus(name, model.config, new_ids, own=model.gpus)
+        plan = self._plan_gpus((model.name, model.version), model.config, new_ids, own=model.gpus)
         await model.scale(count, plan)
-        return model.describe()
+        return self.describe_model(model)
 
-    async def undeploy(self, name: str) -> dict:
-        model = self.model(name)
-        description = model.describe()
+    async def undeploy(self, name: str, version: str | None = None) -> dict:
+        """Undeploy one version, or every version of ``name`` (the answer describes the default)."""
+        if version is None:
+            first = self.model(name)
+            models = [first] + [m for (n, _), m in self._models.items() if n == name and m is not first]
+        else:
+            models = [self.model(name, version)]
+            others = [v for v in self.versions(name) if v != models[0].version]
+            if others and self._defaults.get(name) == models[0].version:
+                raise ApiError(409, f"version {models[0].version!r} is the default of model {name!r}; make another "
+                                    f"version the default first (PUT .../models/{name}/versions/{others[0]}/default), "
+                                    f"or undeploy every version with DELETE .../models/{name}")
+        descriptions = await asyncio.gather(*(self._remove(m) for m in models))
+        description = descriptions[0]
+        if version is None:
+            description["versions"] = [{"version": d["version"], "state": d["state"]} for d in descriptions]
+        return description
+
+    async def _remove(self, model: ServedModel) -> dict:
+        description = self.describe_model(model)
         await model.stop()
-        if self._models.get(name) is model:
-            del self._models[name]
-        self.metrics.remove(name)
+        if self._models.get((model.name, model.version)) is model:
+            del self._models[(model.name, model.version)]
+        remaining = self.versions(model.name)
+        if not remaining:
+            self._defaults.pop(model.name, None)
+            self.metrics.remove(model.name)
+        elif self._defaults.get(model.name) not in remaining:
+            self._defaults[model.name] = remaining[0]
         self._changed()
         description["state"] = "stopped"
         description["workers"] = []
@@ -313,6 +429,9 @@ class Engine:
 
     async def shutdown(self) -> None:
         """End every worker group of every model; used when the server stops."""
+        self.store.close()  # the snapshot keeps the models, to bring them back on the next start
+        if self._restoring is not None:
+            self._restoring.cancel()
         await asyncio.gather(*(m.stop() for m in self._models.values()), return_exceptions=True)
         self._models.clear()
         shutil.rmtree(self.run_dir, ignore_errors=True)

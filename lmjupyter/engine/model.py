@@ -37,6 +37,9 @@ class ServedModel:
         self.state = ModelState.STARTING
         self.error: dict | None = None
         self.warnings: list[str] = []
+        self.manifest: dict = {}           # ctx.manifest (an archive's manifest)
+        self.python_path: list[str] = []   # put first on the ranks' PYTHONPATH (per-model requirements)
+        self.source: dict = {}             # what the registry snapshot records to deploy it again
         self.target = config.minWorkers
         self.workers: dict[int, WorkerGroup] = {}
         self.gpus: dict[int, list[int]] = dict(gpu_plan)

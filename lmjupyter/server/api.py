@@ -82,7 +82,8 @@ class HealthHandler(ApiMixin):
 class ModelsHandler(ApiMixin):
     @api_errors
     async def get(self):
-        self.send_json({"models": [m.describe() for m in self.engine.models()]})
+        self.send_json({"models": [self.engine.describe_model(m) for m in self.engine.models()],
+                        "restore_errors": self.engine.restore_errors})
 
     @api_errors
     async def post(self):
@@ -91,22 +92,30 @@ class ModelsHandler(ApiMixin):
 
 
 class ModelHandler(ApiMixin):
-    @api_errors
-    async def get(self, name):
-        self.send_json(self.engine.model(name).describe())
+    """``/models/{name}`` means the default version (DELETE: every version); ``/versions/{v}`` one version."""
 
     @api_errors
-    async def put(self, name):
-        self.send_json(await self.engine.scale(name, self.json_body()))
+    async def get(self, name, version=None):
+        self.send_json(self.engine.describe(name, version))
 
     @api_errors
-    async def delete(self, name):
-        self.send_json(await self.engine.undeploy(name))
+    async def put(self, name, version=None):
+        self.send_json(await self.engine.scale(name, self.json_body(), version))
+
+    @api_errors
+    async def delete(self, name, version=None):
+        self.send_json(await self.engine.undeploy(name, version))
+
+
+class DefaultVersionHandler(ApiMixin):
+    @api_errors
+    async def put(self, name, version):
+        self.send_json(self.engine.set_default(name, version))
 
 
 class LogsHandler(ApiMixin):
     @api_errors
-    async def get(self, name):
+    async def get(self, name, version=None):
         rank = self.get_argument("rank", None)
         tail = self.get_argument("tail", "100")
         try:
@@ -114,7 +123,7 @@ class LogsHandler(ApiMixin):
             lines = max(1, min(int(tail), 10_000))
         except ValueError:
             raise ApiError(400, "rank and tail must be integers") from None
-        self.send_json({"logs": self.engine.logs(name, rank_number, lines)})
+        self.send_json({"logs": self.engine.logs(name, rank_number, lines, version)})
 
 
 class GpusHandler(ApiMixin):
@@ -136,8 +145,8 @@ class PredictHandler(ApiMixin):
     _pending = None
 
     @api_errors
-    async def post(self, name):
-        model = self.engine.model(name)
+    async def post(self, name, version=None):
+        model = self.engine.model(name, version)
         started = time.perf_counter()
         stream = self.get_argument("stream", "0").lower() in ("1", "true", "yes")
         content_type = self.request.headers.get("Content-Type", JSON_TYPE)
@@ -198,6 +207,10 @@ ROUTES = [
     (rf"{API}/models/([^/]+)", ModelHandler),
     (rf"{API}/models/([^/]+)/predict", PredictHandler),
     (rf"{API}/models/([^/]+)/logs", LogsHandler),
+    (rf"{API}/models/([^/]+)/versions/([^/]+)", ModelHandler),
+    (rf"{API}/models/([^/]+)/versions/([^/]+)/predict", PredictHandler),
+    (rf"{API}/models/([^/]+)/versions/([^/]+)/logs", LogsHandler),
+    (rf"{API}/models/([^/]+)/versions/([^/]+)/default", DefaultVersionHandler),
     (rf"{API}/gpus", GpusHandler),
     ("lmserve/metrics", MetricsHandler),
 ]

@@ -68,6 +68,7 @@ async def serve(host: str, port: int, token: str | None, settings: EngineSetting
     info_file = write_server_info(url, token, actual_port)
     announce(f"lmjupyter serving at {url} (GPUs: {settings.gpus or 'none'})\n"
              f"token: {token}\nserver info: {info_file}", flush=True)
+    engine.restore()  # models of the store's registry snapshot come back in the background
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -1,0 +1,123 @@
+"""Import of TorchServe model archives (``.mar``, or torch-model-archiver's ``.tar.gz``/folder).
+
+The archive's handler, extra files and model-config.yaml (manifest key
+``configFile``) are used as they are. What cannot carry over is named in a
+warning that the deploy answer returns: frontend (Java) settings lmjupyter has
+no equivalent for, manifest keys it does not use, and handlers that import
+TorchServe's ``ts`` package. Such a handler should change one line::
+
+    from ts.torch_handler.base_handler import BaseHandler   # TorchServe
+    from lmjupyter.handlers import BaseHandler               # lmjupyter
+
+Until it does, the ranks of an imported archive find a small ``ts`` shim
+(``ts.torch_handler.base_handler.BaseHandler`` and ``ts.context.Context`` only)
+on their ``PYTHONPATH``; it is never installed into the server's environment.
+"""
+from __future__ import annotations
+
+import os
+import re
+
+from lmjupyter.archive.manifest import ArchiveError, check_version
+from lmjupyter.archive.unpack import UnpackedArchive, inside
+
+TS_SHIM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ts_compat")
+
+# TorchServe frontend keys of model-config.yaml that lmjupyter does not implement, and why.
+JAVA_ONLY_KEYS = {
+    "parallelLevel": "the ranks per worker are torchrun.nproc-per-node",
+    "maxRetryTimeoutInSec": "a broken worker is restarted with backoff, up to 5 attempts",
+    "clientTimeoutInMills": "requests are bounded by responseTimeout",
+    "continuousBatching": "continuous batching is not implemented",
+    "sequenceBatching": "stateful sequence batching is not implemented",
+    "sequenceMaxIdleMSec": "stateful sequence batching is not implemented",
+    "maxNumSequence": "stateful sequence batching is not implemented",
+    "maxSequenceJobQueueSize": "stateful sequence batching is not implemented",
+    "asyncCommunication": "stream partial results with ?stream=1 instead",
+    "useVenv": "requirements are installed per model when the deploy asks (install_requirements: true)",
+    "coreType": "not used by lmjupyter", "coreIds": "not used by lmjupyter",
+    "gpuIds": "use deviceIds",
+}
+MANIFEST_TOP_KEYS = {"createdOn", "runtime", "model", "archiverVersion", "modelServerVersion",
+                     "implementationVersion", "specificationVersion", "description", "license", "publisher",
+                     "engine", "user-data"}
+MANIFEST_MODEL_KEYS = {"modelName", "modelVersion", "handler", "serializedFile", "modelFile", "configFile",
+                       "requirementsFile", "description"}
+BUILTIN_TS_HANDLERS = {"image_classifier", "object_detector", "text_classifier", "image_segmenter",
+                       "text_handler", "vision_handler", "base_handler", "dali_image_classifier"}
+IMPORTS_TS = re.compile(r"^\s*(from\s+ts(\.\w+)*\s+import|import\s+ts(\.|\s|$))", re.M)
+
+
+def open_torchserve(source: str, folder: str, manifest: dict) -> UnpackedArchive:
+    model = manifest["model"]
+    warnings = []
+    runtime = str(manifest.get("runtime", "python")).lower()
+    if runtime not in ("python", "python3"):
+        raise ArchiveError(f"{source}: TorchServe runtime {runtime!r} cannot run here; only python handlers do",
+                           key="runtime")
+    for key in sorted(set(manifest) - MANIFEST_TOP_KEYS):
+        warnings.append(f"MANIFEST.json: key {key!r} is not used by lmjupyter and is ignored")
+    for key in sorted(set(model) - MANIFEST_MODEL_KEYS):
+        warnings.append(f"MANIFEST.json: model.{key} is not used by lmjupyter and is ignored")
+
+    handler = model.get("handler")
+    if not handler:
+        raise ArchiveError(f"{source}: MANIFEST.json names no handler", key="handler")
+    if handler in BUILTIN_TS_HANDLERS:
+        raise ArchiveError(f"{source}: TorchServe's built-in handler {handler!r} is not part of lmjupyter; "
+                           "package a handler file (see lmjupyter.handlers.BaseHandler)", key="handler")
+    archive = UnpackedArchive(source, folder, "torchserve", manifest, handler=handler, warnings=warnings,
+                              python_path=[TS_SHIM])
+    if model.get("modelVersion") is not None:
+        archive.version = check_version(model["modelVersion"], "modelVersion")
+    if model.get("requirementsFile"):
+        archive.requirements = inside(folder, model["requirementsFile"], "requirementsFile")
+    if model.get("configFile"):
+        archive.config_name = model["configFile"]
+        archive.config = _translated_config(inside(folder, model["configFile"], "configFile"), warnings)
+    _check_handler_source(folder, handler, model, warnings)
+    return archive
+
+
+def _translated_config(path: str, warnings: list[str]) -> str | dict:
+    """model-config.yaml with TorchServe-only keys taken out (and named), or as it is."""
+    import yaml
+
+    from lmjupyter.config import ConfigError, load_config
+
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        load_config(text, filename=os.path.basename(path))  # wrong values: refused with their line
+        data = yaml.safe_load(text)
+    except (ConfigError, yaml.YAMLError):
+        return text  # the deploy reports the error, with its line
+    if not isinstance(data, dict) or not set(data) & set(JAVA_ONLY_KEYS):
+        return text
+    name = os.path.basename(path)
+    for key in [k for k in data if k in JAVA_ONLY_KEYS]:
+        value = data.pop(key)
+        if key == "parallelLevel" and "nproc-per-node" not in (data.get("torchrun") or {}):
+            data.setdefault("torchrun", {})["nproc-per-node"] = value
+            warnings.append(f"{name}: parallelLevel: {value} is used as torchrun.nproc-per-node "
+                            "(TorchServe's newer key)")
+            continue
+        warnings.append(f"{name}: {key} is a TorchServe frontend setting with no lmjupyter equivalent and "
+                        f"is ignored: {JAVA_ONLY_KEYS[key]}")
+    return data
+
+
+def _check_handler_source(folder: str, handler: str, model: dict, warnings: list[str]) -> None:
+    file_part = handler.rpartition(":")[0] if ":" in handler else handler
+    path = os.path.join(folder, file_part)
+    if not file_part.endswith(".py") or not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8", errors="replace") as f:
+        source = f.read()
+    if IMPORTS_TS.search(source):
+        warnings.append(f"{file_part} imports TorchServe's ts package; lmjupyter gives it a shim for "
+                        "ts.torch_handler.base_handler.BaseHandler and ts.context.Context only. Change the "
+                        "import to: from lmjupyter.handlers import BaseHandler")
+    if (model.get("serializedFile") or model.get("modelFile")) and "def initialize" not in source:
+        warnings.append(f"{file_part} has no initialize(): TorchServe's BaseHandler loads serializedFile/"
+                        "modelFile for you, lmjupyter's does not; load them in initialize(ctx) from ctx.model_dir")

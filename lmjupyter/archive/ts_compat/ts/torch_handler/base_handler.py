@@ -1,0 +1,4 @@
+"""``from ts.torch_handler.base_handler import BaseHandler`` for imported TorchServe handlers."""
+from lmjupyter.handlers import BaseHandler
+
+__all__ = ["BaseHandler"]
