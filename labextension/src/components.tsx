@@ -16,7 +16,8 @@ import {
   plural,
   queueFill,
   rankCount,
-  stateKind
+  stateKind,
+  workerBounds
 } from './format';
 import type { IGpuMap } from './gpumap';
 import type { IModelView, ISnapshot } from './store';
@@ -107,6 +108,14 @@ function ModelCard(props: {
   const recentlyChanged =
     changedAt !== null && props.now - changedAt < CHANGE_MARK_MS;
   const busy = pending !== null || model.state === 'stopping';
+  // The server scales only ready models, within minWorkers..maxWorkers.
+  const bounds = workerBounds(model.config);
+  const scaleBlocked =
+    model.state !== 'ready'
+      ? `${model.name} is ${model.state}; only a ready model can be scaled`
+      : bounds.max !== null && bounds.min === bounds.max
+        ? `minWorkers = maxWorkers = ${bounds.min}`
+        : null;
   const summary = configSummary(model.config);
   const restarts =
     typeof model.metrics?.worker_restarts === 'number'
@@ -173,9 +182,9 @@ function ModelCard(props: {
       <div className="jp-LmServe-actions">
         <button
           className="jp-Button jp-mod-styled jp-LmServe-button jp-LmServe-scale"
-          disabled={busy}
+          disabled={busy || scaleBlocked !== null}
           onClick={() => props.onScale(model.name)}
-          title={`Change how many workers ${model.name} runs`}
+          title={scaleBlocked ?? `Change how many workers ${model.name} runs`}
         >
           Scale…
         </button>
