@@ -172,9 +172,16 @@ def _extract_zip(path: str, dest: str) -> dict[str, str]:
                 os.makedirs(target, exist_ok=True)
                 continue
             os.makedirs(os.path.dirname(target), exist_ok=True)
-            with archive.open(info) as src, open(target, "xb") as dst:
+            with archive.open(info) as src, _create(target, info.filename) as dst:
                 hashes[_relative(dest, target)] = copy_hashing(src, dst)[0]
     return hashes
+
+
+def _create(target: str, name: str):
+    try:
+        return open(target, "xb")
+    except FileExistsError:
+        raise ArchiveError(f"member {name!r} appears twice in the archive") from None
 
 
 def _extract_tar(path: str, dest: str) -> dict[str, str]:
@@ -188,7 +195,7 @@ def _extract_tar(path: str, dest: str) -> dict[str, str]:
             target = _member_path(dest, member.name)
             if member.isreg():
                 os.makedirs(os.path.dirname(target), exist_ok=True)
-                with archive.extractfile(member) as src, open(target, "xb") as dst:
+                with archive.extractfile(member) as src, _create(target, member.name) as dst:
                     hashes[_relative(dest, target)] = copy_hashing(src, dst)[0]
                 os.chmod(target, member.mode & 0o755 | 0o600)
             else:
