@@ -10,6 +10,7 @@ import time
 import yaml
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
+from IPython.utils.text import DollarFormatter
 from IPython.display import display
 
 from lmjupyter import discovery
@@ -76,7 +77,7 @@ class LMServeMagics(Magics):
         super().__init__(shell)
         self.panels = []
 
-    @no_var_expand  # JSON like {"a": 1} must reach us unchanged
+    @no_var_expand  # JSON like {"a": 1} must reach a query unchanged; see _expand
     @line_cell_magic
     def lmserve(self, line: str, cell: str | None = None):
         """Serve models from this notebook (a thin client of the lmjupyter REST API).
@@ -116,6 +117,8 @@ class LMServeMagics(Magics):
         The server is found without configuration: the Jupyter server extension of
         the server running this kernel, else LMJUPYTER_URL/LMJUPYTER_TOKEN, else a
         private ``lmjupyter serve`` started for this kernel (see lmjupyter.discovery).
+        Arguments expand $name and {expression} from the notebook's variables, except a
+        query's DATA, which is taken as written (JSON braces are not Python).
         Errors show as one message; ``%lmserve SUBCOMMAND --help`` shows its options.
         """
         words = line.split(None, 1)
@@ -127,6 +130,8 @@ class LMServeMagics(Magics):
         if command in ("handler", "config") and cell is None:
             raise MagicError(f"%lmserve {command} is a cell magic: put `%%lmserve {command} NAME` on the first "
                              "line of a cell and the content below it")
+        if command != "query":  # a request is taken literally: JSON braces are not Python
+            rest = self._expand(rest)
         try:
             return getattr(self, "_" + command)(rest, cell)
         except _HelpShown:
@@ -142,6 +147,13 @@ class LMServeMagics(Magics):
             return None
 
     # ---- helpers --------------------------------------------------------------------------------
+    def _expand(self, text: str) -> str:
+        """IPython's $name and {expression} expansion, from the user's namespace."""
+        try:
+            return DollarFormatter().vformat(text, args=[], kwargs=self.shell.user_ns)
+        except Exception:
+            return text
+
     @staticmethod
     def client():
         return discovery.connect()
