@@ -48,9 +48,14 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     Formatting and writing that line cost about 8% of the server's CPU under load (py-spy);
     failed requests (4xx, 5xx) are still logged as Tornado logs them.
     """
-    if handler.get_status() < 400 and not access_log.isEnabledFor(logging.DEBUG):
-        return
-    tornado.web.Application.log_request(handler.application, handler)
+    status = handler.get_status()
+    if status < 400:
+        if not access_log.isEnabledFor(logging.DEBUG):
+            return
+        log = access_log.info
+    else:
+        log = access_log.warning if status < 500 else access_log.error
+    log("%d %s %.2fms", status, handler._request_summary(), 1000.0 * handler.request.request_time())
 
 
 def runtime_dir() -> str:
