@@ -2,63 +2,24 @@
  * A main-area tab with the last log lines of every rank of one model.
  * Refreshes every 5 s while visible, and on demand.
  */
-import { ReactWidget } from '@jupyterlab/ui-components';
 import type { Message } from '@lumino/messaging';
 import * as React from 'react';
 
 import type { LmServeClient } from './client';
-import { Poller } from './poller';
+import { PollingWidget } from './pollingwidget';
 import type { ILogChunk } from './types';
 
 export const LOG_TAIL_CHOICES = [100, 500, 2000];
 const LOG_INTERVAL_MS = 5000;
 
-export class LogsView extends ReactWidget {
+export class LogsView extends PollingWidget {
   constructor(
     private readonly client: LmServeClient,
     readonly modelName: string
   ) {
-    super();
+    super({ task: () => this._load(), interval: LOG_INTERVAL_MS });
     this.addClass('jp-LmServe');
     this.addClass('jp-LmServe-logsView');
-    this._poller = new Poller({
-      task: () => this._load(),
-      interval: LOG_INTERVAL_MS
-    });
-    document.addEventListener('visibilitychange', this._syncActive);
-  }
-
-  refresh(): Promise<void> {
-    return this._poller.refresh();
-  }
-
-  dispose(): void {
-    if (this.isDisposed) {
-      return;
-    }
-    document.removeEventListener('visibilitychange', this._syncActive);
-    this._poller.dispose();
-    super.dispose();
-  }
-
-  protected onAfterShow(msg: Message): void {
-    super.onAfterShow(msg);
-    this._syncActive();
-  }
-
-  protected onAfterHide(msg: Message): void {
-    super.onAfterHide(msg);
-    this._syncActive();
-  }
-
-  protected onAfterAttach(msg: Message): void {
-    super.onAfterAttach(msg);
-    this._syncActive();
-  }
-
-  protected onBeforeDetach(msg: Message): void {
-    this._poller.setActive(false);
-    super.onBeforeDetach(msg);
   }
 
   protected onUpdateRequest(msg: Message): void {
@@ -94,7 +55,7 @@ export class LogsView extends ReactWidget {
               value={this._tail}
               onChange={e => {
                 this._tail = Number(e.currentTarget.value);
-                void this._poller.refresh();
+                void this.poller.refresh();
               }}
             >
               {LOG_TAIL_CHOICES.map(n => (
@@ -107,7 +68,7 @@ export class LogsView extends ReactWidget {
           </label>
           <button
             className="jp-Button jp-mod-styled jp-LmServe-button"
-            onClick={() => void this._poller.refresh()}
+            onClick={() => void this.poller.refresh()}
           >
             Refresh
           </button>
@@ -145,12 +106,6 @@ export class LogsView extends ReactWidget {
     );
   }
 
-  private readonly _syncActive = (): void => {
-    this._poller.setActive(
-      this.isAttached && this.isVisible && document.visibilityState !== 'hidden'
-    );
-  };
-
   private async _load(): Promise<void> {
     try {
       this._chunks = await this.client.logs(this.modelName, {
@@ -165,7 +120,6 @@ export class LogsView extends ReactWidget {
     }
   }
 
-  private readonly _poller: Poller;
   private _tail = LOG_TAIL_CHOICES[0];
   private _chunks: ILogChunk[] | null = null;
   private _error: string | null = null;

@@ -3,15 +3,13 @@
  * view together, and gates polling on visibility (the sidebar shows the panel
  * and the browser tab is not hidden).
  */
-import { ReactWidget } from '@jupyterlab/ui-components';
-import type { Message } from '@lumino/messaging';
 import * as React from 'react';
 
 import type { LmServeClient } from './client';
 import { CHANGE_MARK_MS, PanelView } from './components';
 import { askScale, confirmUndeploy } from './dialogs';
 import { workerBounds } from './format';
-import { Poller } from './poller';
+import { PollingWidget } from './pollingwidget';
 import { LmServeStore } from './store';
 
 export interface IPanelOptions {
@@ -20,14 +18,11 @@ export interface IPanelOptions {
   openLogs: (name: string) => void;
 }
 
-export class LmServePanel extends ReactWidget {
+export class LmServePanel extends PollingWidget {
   constructor(options: IPanelOptions) {
-    super();
-    this.addClass('jp-LmServe');
-    this._openLogs = options.openLogs;
-    this._store = new LmServeStore(options.client);
-    this._poller = new Poller({
-      task: () => this._store.refresh(),
+    const store = new LmServeStore(options.client);
+    super({
+      task: () => store.refresh(),
       // The status line names the back-off delay, which changes per failure
       // even when the error text (and so the snapshot) does not.
       onSettled: ok => {
@@ -37,46 +32,25 @@ export class LmServePanel extends ReactWidget {
         this._failing = !ok;
       }
     });
+    this.addClass('jp-LmServe');
+    this._store = store;
+    this._openLogs = options.openLogs;
     this._unsubscribe = this._store.subscribe(() => this._onSnapshot());
-    document.addEventListener('visibilitychange', this._syncActive);
-  }
-
-  /** For tests and commands: poll now. */
-  refresh(): Promise<void> {
-    return this._poller.refresh();
   }
 
   dispose(): void {
     if (this.isDisposed) {
       return;
     }
-    document.removeEventListener('visibilitychange', this._syncActive);
     this._unsubscribe();
-    this._poller.dispose();
     if (this._markTimer !== null) {
       clearTimeout(this._markTimer);
     }
     super.dispose();
   }
 
-  protected onAfterShow(msg: Message): void {
-    super.onAfterShow(msg);
-    this._syncActive();
-  }
-
-  protected onAfterHide(msg: Message): void {
-    super.onAfterHide(msg);
-    this._syncActive();
-  }
-
-  protected onAfterAttach(msg: Message): void {
-    super.onAfterAttach(msg);
-    this._syncActive();
-  }
-
-  protected onBeforeDetach(msg: Message): void {
-    this._poller.setActive(false);
-    super.onBeforeDetach(msg);
+  protected onActiveChanged(): void {
+    this.update();
   }
 
   protected render(): JSX.Element {
@@ -85,7 +59,7 @@ export class LmServePanel extends ReactWidget {
         snapshot={this._store.snapshot}
         status={this._status()}
         now={Date.now()}
-        onRefresh={() => void this._poller.refresh()}
+        onRefresh={() => void this.poller.refresh()}
         onScale={name => void this._scale(name)}
         onUndeploy={name => void this._undeploy(name)}
         onLogs={this._openLogs}
@@ -95,20 +69,11 @@ export class LmServePanel extends ReactWidget {
   }
 
   private _status(): string {
-    if (this._poller.failures > 0) {
-      return `Retrying in ${Math.round(this._poller.nextDelay / 1000)} s`;
+    if (this.poller.failures > 0) {
+      return `Retrying in ${Math.round(this.poller.nextDelay / 1000)} s`;
     }
-    return this._poller.isActive ? 'Live' : 'Paused';
+    return this.poller.isActive ? 'Live' : 'Paused';
   }
-
-  private readonly _syncActive = (): void => {
-    const visible =
-      this.isAttached && this.isVisible && document.visibilityState !== 'hidden';
-    if (visible !== this._poller.isActive) {
-      this._poller.setActive(visible);
-      this.update();
-    }
-  };
 
   private _onSnapshot(): void {
     this.update();
@@ -147,7 +112,7 @@ export class LmServePanel extends ReactWidget {
       return;
     }
     await this._store.scale(name, workers);
-    await this._poller.refresh();
+    await this.poller.refresh();
   }
 
   private async _undeploy(name: string): Promise<void> {
@@ -155,11 +120,10 @@ export class LmServePanel extends ReactWidget {
       return;
     }
     await this._store.undeploy(name);
-    await this._poller.refresh();
+    await this.poller.refresh();
   }
 
   private readonly _store: LmServeStore;
-  private readonly _poller: Poller;
   private readonly _openLogs: (name: string) => void;
   private readonly _unsubscribe: () => void;
   private _markTimer: ReturnType<typeof setTimeout> | null = null;

@@ -313,6 +313,26 @@ def test_panel_follows_deploy_scale_logs_undeploy(lab, page):
     assert not any(_alive(p) for p in pids), "rank processes outlived the undeploy"
     expect(panel.locator(".jp-LmServe-pollError")).to_have_count(0)
     page.screenshot(path=str(ARTIFACTS / "labextension-undeployed.png"))
+
+    # Hidden (sidebar collapsed), the panel stops polling; shown, it resumes at once.
+    polls: list[float] = []
+    list_url = re.compile(r".*/lmserve/api/models(\?[0-9]*)?$")
+    page.on("request", lambda r: polls.append(time.monotonic()) if list_url.match(r.url) else None)
+    tab = page.locator('.jp-SideBar .lm-TabBar-tab[data-id="lmserve-panel"]')
+    tab.click()
+    expect(panel).to_be_hidden()
+    expect(panel.locator(".jp-LmServe-status")).to_have_text("Paused")
+    hidden_at = time.monotonic()
+    page.wait_for_timeout(5000)
+    assert [t for t in polls if t > hidden_at + 0.5] == [], "the hidden panel kept polling"
+    tab.click()
+    expect(panel).to_be_visible()
+    expect(panel.locator(".jp-LmServe-status")).to_have_text("Live")
+    shown_at = time.monotonic()
+    deadline = shown_at + 2
+    while not [t for t in polls if t >= shown_at - 0.5] and time.monotonic() < deadline:
+        page.wait_for_timeout(100)
+    assert [t for t in polls if t >= shown_at - 0.5], "the panel did not poll when shown again"
     assert not page.console_errors, page.console_errors
 
 
