@@ -18,8 +18,8 @@ from __future__ import annotations
 import os
 import re
 
-from lmjupyter.archive.manifest import ArchiveError, check_version
-from lmjupyter.archive.unpack import UnpackedArchive, inside
+from lmjupyter.archive.manifest import ArchiveError
+from lmjupyter.archive.unpack import UnpackedArchive, handler_file
 
 TS_SHIM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ts_compat")
 
@@ -48,76 +48,66 @@ BUILTIN_TS_HANDLERS = {"image_classifier", "object_detector", "text_classifier",
 IMPORTS_TS = re.compile(r"^\s*(from\s+ts(\.\w+)*\s+import|import\s+ts(\.|\s|$))", re.M)
 
 
-def open_torchserve(source: str, folder: str, manifest: dict) -> UnpackedArchive:
-    model = manifest["model"]
-    warnings = []
+def import_torchserve(archive: UnpackedArchive) -> None:
+    """Check what can run here, take TorchServe-only settings out of the config and name them."""
+    manifest, model, warnings = archive.manifest, archive.manifest["model"], archive.warnings
     runtime = str(manifest.get("runtime", "python")).lower()
     if runtime not in ("python", "python3"):
-        raise ArchiveError(f"{source}: TorchServe runtime {runtime!r} cannot run here; only python handlers do",
-                           key="runtime")
+        raise ArchiveError(f"{archive.source}: TorchServe runtime {runtime!r} cannot run here; only python "
+                           "handlers do", key="runtime")
     for key in sorted(set(manifest) - MANIFEST_TOP_KEYS):
         warnings.append(f"MANIFEST.json: key {key!r} is not used by lmjupyter and is ignored")
     for key in sorted(set(model) - MANIFEST_MODEL_KEYS):
         warnings.append(f"MANIFEST.json: model.{key} is not used by lmjupyter and is ignored")
-
-    handler = model.get("handler")
-    if not handler:
-        raise ArchiveError(f"{source}: MANIFEST.json names no handler", key="handler")
-    if handler in BUILTIN_TS_HANDLERS:
-        raise ArchiveError(f"{source}: TorchServe's built-in handler {handler!r} is not part of lmjupyter; "
-                           "package a handler file (see lmjupyter.handlers.BaseHandler)", key="handler")
-    archive = UnpackedArchive(source, folder, "torchserve", manifest, handler=handler, warnings=warnings,
-                              python_path=[TS_SHIM])
-    if model.get("modelVersion") is not None:
-        archive.version = check_version(model["modelVersion"], "modelVersion")
-    if model.get("requirementsFile"):
-        archive.requirements = inside(folder, model["requirementsFile"], "requirementsFile")
-    if model.get("configFile"):
-        archive.config_name = model["configFile"]
-        archive.config = _translated_config(inside(folder, model["configFile"], "configFile"), warnings)
-    _check_handler_source(folder, handler, model, warnings)
-    return archive
+    if not archive.handler:
+        raise ArchiveError(f"{archive.source}: MANIFEST.json names no handler", key="handler")
+    if archive.handler in BUILTIN_TS_HANDLERS:
+        raise ArchiveError(f"{archive.source}: TorchServe's built-in handler {archive.handler!r} is not part of "
+                           "lmjupyter; package a handler file (see lmjupyter.handlers.BaseHandler)", key="handler")
+    archive.python_path.append(TS_SHIM)
+    if archive.config is not None:
+        archive.config = _translated_config(archive.config, archive.config_name, warnings)
+    _check_handler_source(archive, model)
 
 
-def _translated_config(path: str, warnings: list[str]) -> str | dict:
+def _translated_config(text: str, filename: str, warnings: list[str]) -> str | dict:
     """model-config.yaml with TorchServe-only keys taken out (and named), or as it is."""
     import yaml
 
     from lmjupyter.config import ConfigError, load_config
 
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
     try:
-        load_config(text, filename=os.path.basename(path))  # wrong values: refused with their line
+        load_config(text, filename=filename)  # wrong values: refused at deploy, with their line
         data = yaml.safe_load(text)
     except (ConfigError, yaml.YAMLError):
-        return text  # the deploy reports the error, with its line
+        return text
     if not isinstance(data, dict) or not set(data) & set(JAVA_ONLY_KEYS):
         return text
-    name = os.path.basename(path)
     for key in [k for k in data if k in JAVA_ONLY_KEYS]:
         value = data.pop(key)
         if key == "parallelLevel" and "nproc-per-node" not in (data.get("torchrun") or {}):
             data.setdefault("torchrun", {})["nproc-per-node"] = value
-            warnings.append(f"{name}: parallelLevel: {value} is used as torchrun.nproc-per-node "
+            warnings.append(f"{filename}: parallelLevel: {value} is used as torchrun.nproc-per-node "
                             "(TorchServe's newer key)")
             continue
-        warnings.append(f"{name}: {key} is a TorchServe frontend setting with no lmjupyter equivalent and "
+        warnings.append(f"{filename}: {key} is a TorchServe frontend setting with no lmjupyter equivalent and "
                         f"is ignored: {JAVA_ONLY_KEYS[key]}")
     return data
 
 
-def _check_handler_source(folder: str, handler: str, model: dict, warnings: list[str]) -> None:
-    file_part = handler.rpartition(":")[0] if ":" in handler else handler
-    path = os.path.join(folder, file_part)
+def _check_handler_source(archive: UnpackedArchive, model: dict) -> None:
+    file_part = handler_file(archive.handler)
+    path = os.path.join(archive.model_dir, file_part)
     if not file_part.endswith(".py") or not os.path.isfile(path):
         return
     with open(path, encoding="utf-8", errors="replace") as f:
         source = f.read()
     if IMPORTS_TS.search(source):
-        warnings.append(f"{file_part} imports TorchServe's ts package; lmjupyter gives it a shim for "
-                        "ts.torch_handler.base_handler.BaseHandler and ts.context.Context only. Change the "
-                        "import to: from lmjupyter.handlers import BaseHandler")
+        archive.warnings.append(
+            f"{file_part} imports TorchServe's ts package; lmjupyter gives it a shim for "
+            "ts.torch_handler.base_handler.BaseHandler and ts.context.Context only. Change the "
+            "import to: from lmjupyter.handlers import BaseHandler")
     if (model.get("serializedFile") or model.get("modelFile")) and "def initialize" not in source:
-        warnings.append(f"{file_part} has no initialize(): TorchServe's BaseHandler loads serializedFile/"
-                        "modelFile for you, lmjupyter's does not; load them in initialize(ctx) from ctx.model_dir")
+        archive.warnings.append(
+            f"{file_part} has no initialize(): TorchServe's BaseHandler loads serializedFile/modelFile "
+            "for you, lmjupyter's does not; load them in initialize(ctx) from ctx.model_dir")

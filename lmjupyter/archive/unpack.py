@@ -43,7 +43,6 @@ class UnpackedArchive:
     requirements: str | None = None
     python_path: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    in_place: bool = False
 
 
 def open_archive(source: str, unpack_root: str) -> UnpackedArchive:
@@ -51,28 +50,31 @@ def open_archive(source: str, unpack_root: str) -> UnpackedArchive:
     in_place = os.path.isdir(source)
     folder = archive_root(source if in_place else unpack(source, unpack_root))
     kind, manifest = read_manifest(folder)
+    model = manifest["model"]
+    archive = UnpackedArchive(source, folder, kind, manifest, handler=model.get("handler"))
+    if model.get("modelVersion") is not None:
+        archive.version = check_version(model["modelVersion"], "modelVersion")
+    if model.get("configFile"):
+        archive.config_name = model["configFile"]
+        with open(inside(folder, model["configFile"], "configFile"), encoding="utf-8") as f:
+            archive.config = f.read()
+    if model.get("requirementsFile"):
+        archive.requirements = inside(folder, model["requirementsFile"], "requirementsFile")
     if kind == "torchserve":
-        from lmjupyter.archive.torchserve import open_torchserve
+        from lmjupyter.archive.torchserve import import_torchserve
 
-        archive = open_torchserve(source, folder, manifest)
-    else:
-        model = manifest["model"]
-        if in_place:
-            _check_files_present(folder, manifest)
-        archive = UnpackedArchive(source, folder, kind, manifest, handler=model.get("handler"))
-        if model.get("modelVersion") is not None:
-            archive.version = check_version(model["modelVersion"], "modelVersion")
-        if model.get("configFile"):
-            archive.config_name = model["configFile"]
-            with open(inside(folder, model["configFile"], "configFile"), encoding="utf-8") as f:
-                archive.config = f.read()
-        if model.get("requirementsFile"):
-            archive.requirements = inside(folder, model["requirementsFile"], "requirementsFile")
-    archive.in_place = in_place
-    handler_file = (archive.handler or "").rpartition(":")[0] or archive.handler or ""
-    if handler_file.endswith(".py"):
-        inside(folder, handler_file, "handler")
+        import_torchserve(archive)
+    elif in_place:
+        _check_files_present(folder, manifest)
+    if handler_file(archive.handler).endswith(".py"):
+        inside(folder, handler_file(archive.handler), "handler")
     return archive
+
+
+def handler_file(handler: str | None) -> str:
+    """The file part of ``file.py:Class`` (or ``module:Class``)."""
+    head, sep, tail = (handler or "").rpartition(":")
+    return head if sep and tail.isidentifier() else handler or ""
 
 
 def inside(folder: str, relative: str, key: str) -> str:

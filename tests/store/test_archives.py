@@ -15,7 +15,7 @@ from lmjupyter.archive.manifest import MANIFEST_NAME, ArchiveError, read_manifes
 from lmjupyter.archive.pack import create_archive
 from lmjupyter.archive.unpack import open_archive, unpack
 from lmjupyter.client import LMServeError
-from serverproc import ServerProcess
+from serverproc import ServerProcess, wait_until
 from storekit import build_mar, build_wheel, make_model_src, write_probe
 
 pytestmark = pytest.mark.timeout(120)
@@ -223,8 +223,9 @@ def test_torchserve_mar_deploys_with_warnings(server):
 def test_versions_route_and_default(server):
     client = server.client
     v1, v2 = (write_probe(os.path.join(server.root, f"ver{v}"), tag=f"tag{v}") for v in (1, 2))
-    _deploy_all(client, [{"name": "ver", "handler": "probe.py", "model_dir": v1, "version": "1"},
-                         {"name": "ver", "handler": "probe.py", "model_dir": v2, "version": "2"}])
+    client.deploy("ver", "probe.py", model_dir=v1, version="1")  # registered (starting) before version 2
+    client.deploy("ver", "probe.py", model_dir=v2, version="2", wait=True)
+    wait_until(lambda: client.describe("ver", version="1")["state"] == "ready", 60, message="version 1")
     assert client.predict("ver", {})["tag"] == "tag1"                 # the first deployed is the default
     assert client.predict("ver", {}, version="2")["tag"] == "tag2"
     described = client.describe("ver")
