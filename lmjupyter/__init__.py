@@ -31,3 +31,8 @@ def unload_ipython_extension(ipython):
     from lmjupyter.magics import unload_ipython_extension as unload
 
     unload(ipython)
+
+
+def _jupyter_labextension_paths():
+    """The prebuilt JupyterLab panel, for ``jupyter labextension develop``."""
+    return [{"src": "labextension", "dest": "lmjupyter-labextension"}]

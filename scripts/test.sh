@@ -6,7 +6,7 @@ bash scripts/setup.sh
 . .venv/bin/activate
 if [ -f labextension/package.json ]; then
     echo "==> labextension unit tests"
-    (cd labextension && npm test --silent)
+    (cd labextension && { [ -d node_modules ] || npm ci --no-audit --no-fund; } && npm test --silent)
 fi
 echo "==> pytest"
 python -m pytest -q --durations=15 "$@"
