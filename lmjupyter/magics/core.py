@@ -23,8 +23,9 @@ POLL_INTERVAL = 0.3
 TERMINAL_STATES = ("ready", "failed")
 
 
-class MagicError(UsageError):
-    """Shown by IPython as one line, ``UsageError: ...``, with no traceback (and the cell fails)."""
+# IPython shows a UsageError as one line, "UsageError: ...", with no traceback, and the cell still
+# fails (so notebooks run by nbclient stop there). It checks the exact type, so no subclass.
+MagicError = UsageError
 
 
 class _Parser(argparse.ArgumentParser):
