@@ -62,19 +62,15 @@ class Checkpoint:
                 f"{model_dir} holds no model.safetensors or model.safetensors.index.json; "
                 "sharded loading reads safetensors only (re-save with save_pretrained(safe_serialization=True))"
             )
-        self._handles: dict[Path, object] = {}
 
     def __contains__(self, key: str) -> bool:
         return key in self.files
 
     def slice(self, key: str):
-        path = self.files[key]
-        if path not in self._handles:
-            self._handles[path] = self._open(str(path), framework="pt")
-        return self._handles[path].get_slice(key)
-
-    def close(self) -> None:
-        self._handles.clear()
+        """A lazy slice of one tensor. The file is opened per tensor on purpose: the
+        pages a read touches stay mapped until its handle and views are gone, so a
+        long-lived handle would count the whole checkpoint in the rank's memory."""
+        return self._open(str(self.files[key]), framework="pt").get_slice(key)
 
 
 @dataclass
@@ -91,8 +87,7 @@ def _read(ckpt: Checkpoint, src: Source, region: list[slice]) -> torch.Tensor:
     """Read ``region`` of the parameter (model layout) from the checkpoint."""
     sl = ckpt.slice(src.key)
     if src.transpose:
-        region = region[::-1]
-        return sl[tuple(region)].t().contiguous()
+        return sl[tuple(region[::-1])].t()
     return sl[tuple(region)]
 
 
@@ -142,9 +137,11 @@ def materialize(model: nn.Module, ckpt: Checkpoint, source_of, device, dtype) ->
                 if src.key not in ckpt:
                     raise KeyError(f"parameter {name}: checkpoint has no tensor {src.key!r}")
                 local = _load_one(ckpt, src, param)
-                if local.is_floating_point():
-                    local = local.to(dtype)
-                local = local.to(device)
+                # Always a private, contiguous copy: safetensors may return views of its
+                # file mapping, and a column shard's view would keep the pages of the
+                # whole tensor resident for as long as the model lives.
+                local = local.to(device=device, dtype=dtype if local.is_floating_point() else None,
+                                 copy=True, memory_format=torch.contiguous_format)
                 if isinstance(param, DTensor):
                     local = DTensor.from_local(
                         local, param.device_mesh, param.placements, run_check=False,
@@ -155,4 +152,3 @@ def materialize(model: nn.Module, ckpt: Checkpoint, source_of, device, dtype) ->
         for bname, buf in list(module._buffers.items()):
             if buf is not None:
                 module._buffers[bname] = buf.to(device)
-    ckpt.close()
