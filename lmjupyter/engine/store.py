@@ -78,7 +78,8 @@ class ModelStore:
         """Remove unpacked archives and requirement folders no deploy of this server has used."""
         for root, depth in ((self.unpack_root, 1), (self.requirements_root, 2)):
             for folder in _folders(root, depth):
-                if os.path.realpath(folder) not in self._used:
+                real = os.path.realpath(folder)  # a used model dir may be a subfolder (TorchServe's tgz)
+                if not any(os.path.commonpath([used, real]) == real for used in self._used):
                     log.info("removing unused %s", folder)
                     shutil.rmtree(folder, ignore_errors=True)
 
@@ -88,13 +89,15 @@ class ModelStore:
         fd = os.open(os.path.join(private, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:
             holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             self.problem = (f"model store {self.path} is in use by another lmjupyter server (pid {holder}); "
                             "this server neither restores nor records models there")
             log.error(self.problem)
             return
+        except OSError as exc:  # a file system without locks (some NFS mounts): record, unguarded
+            log.warning("cannot lock the model store %s (%s); no other server may use it", self.path, exc)
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._lock_fd, self.recording = fd, True
@@ -124,7 +127,7 @@ class ModelStore:
     def _snapshot(self, engine) -> dict:
         entries = {}
         for model in engine.models():
-            if model.state == ModelState.STOPPING or not getattr(model, "source", None):
+            if model.state == ModelState.STOPPING or not model.source:
                 continue
             entries[(model.name, model.version)] = {
                 "name": model.name, "version": model.version, "workers": model.target,

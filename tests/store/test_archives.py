@@ -1,4 +1,5 @@
 """Archives: pack, unpack safely, deploy each format and TorchServe's .mar, versions, requirements."""
+import asyncio
 import concurrent.futures
 import io
 import json
@@ -15,6 +16,7 @@ from lmjupyter.archive.manifest import MANIFEST_NAME, ArchiveError, read_manifes
 from lmjupyter.archive.pack import create_archive
 from lmjupyter.archive.unpack import open_archive, unpack
 from lmjupyter.client import LMServeError
+from lmjupyter.engine.store import ModelStore
 from serverproc import ServerProcess, wait_until
 from storekit import build_mar, build_wheel, make_model_src, write_probe
 
@@ -116,6 +118,46 @@ def test_manifest_paths_cannot_leave_the_archive(tmp_path):
     with pytest.raises(ArchiveError, match="outside the archive"):
         open_archive(str(folder), str(tmp_path / "unpacked"))
     assert read_manifest(str(folder))[0] == "lmjupyter"
+
+
+def test_torchserve_tgz_layout_and_garbage_collection(tmp_path):
+    """torch-model-archiver's tgz wraps everything in <name>/; the store keeps what deploys used."""
+    mar = build_mar(tmp_path / "wc.mar", "def handle(data, context):\n    return data\n", "deviceType: cpu\n")
+    tgz = tmp_path / "wc.tar.gz"
+    with zipfile.ZipFile(mar) as z, tarfile.open(tgz, "w:gz") as tar:
+        for name in z.namelist():
+            data = z.read(name)
+            info = tarfile.TarInfo(f"wordcount/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    store = ModelStore(str(tmp_path / "store"), str(tmp_path / "run"))
+    archive = asyncio.run(store.open_archive(str(tgz)))
+    assert archive.kind == "torchserve" and archive.model_dir.endswith("/wordcount")
+    assert archive.version == "1.0" and archive.handler == "ts_handler.py"
+    stale = os.path.join(store.unpack_root, "old-0123456789abcdef")
+    os.makedirs(stale)
+    store.collect_garbage()
+    assert not os.path.exists(stale) and os.path.isfile(os.path.join(archive.model_dir, "labels.txt"))
+    store.close()
+
+
+def test_without_a_model_store_archives_unpack_into_the_run_dir(tmp_path):
+    from lmjupyter.engine.engine import Engine, EngineSettings
+
+    src = make_model_src(tmp_path)
+    path = create_archive(model_name="m", version="3", handler=str(src / "probe.py"),
+                          config_file=str(src / "model-config.yaml"), export_path=str(tmp_path))
+
+    async def plan():
+        engine = Engine(EngineSettings(root_dir=str(tmp_path)))
+        try:
+            return engine.run_dir, await engine.deploy({"name": "m", "archive": "m.tar.gz", "dry_run": True})
+        finally:
+            await engine.shutdown()
+    run_dir, answer = asyncio.run(plan())
+    assert answer["dry_run"] and answer["handler"].startswith(os.path.join(run_dir, "unpacked"))
+    assert answer["config"]["handler"] == {"tag": "from-archive"} and len(answer["plan"]["workers"]) == 1
+    assert os.path.exists(path) and not os.path.exists(run_dir)  # removed with the server
 
 
 # ---- deploying, against a real server ----------------------------------------------------------------
