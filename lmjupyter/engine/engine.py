@@ -148,6 +148,8 @@ class Engine:
             request["python_path"].append(await self.store.install_requirements(
                 request["requirements"], name, version, cwd=request["model_dir"]))
             self._refuse_duplicate(request)  # another deploy may have won while pip ran
+        if target_workers is None:
+            target_workers = request["workers"]
         count = config.minWorkers if target_workers is None else min(max(target_workers, config.minWorkers),
                                                                      config.maxWorkers)
         plan = self._plan_gpus((name, version), config, list(range(1, count + 1)))
@@ -215,7 +217,9 @@ class Engine:
         if workers is not None:
             if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
                 raise ApiError(400, f"workers = {workers!r}: expected an integer >= 0", key="workers")
-            config = config.model_copy(update={"minWorkers": workers,
+            # The count to start with (TorchServe's initial_workers): the bounds widen to hold it,
+            # so a model deployed with 2 workers can still be scaled down to its config's minWorkers.
+            config = config.model_copy(update={"minWorkers": min(workers, config.minWorkers),
                                                "maxWorkers": max(workers, config.maxWorkers)})
         if config.deviceType is None:
             config = config.model_copy(update={"deviceType": "gpu" if self.allocator.gpus else "cpu"})
@@ -234,7 +238,7 @@ class Engine:
                   "config": config.as_yaml_dict(), "install_requirements": install if requirements else None}
         return {"name": name, "handler": handler, "model_dir": model_dir or self.root_dir, "config": config,
                 "warnings": (archive.warnings if archive else []) + warnings, "wait": body.get("wait", False),
-                "dry_run": body.get("dry_run", False), "version": version,
+                "dry_run": body.get("dry_run", False), "version": version, "workers": workers,
                 "requirements": requirements if install else None,
                 "manifest": archive.manifest if archive else {},
                 "python_path": list(archive.python_path) if archive else [],
