@@ -39,6 +39,8 @@ class LMServe(ExtensionApp):
     allow_roots = List(Unicode(), config=True, help=(
         "More folders handlers and model directories may be read from, besides the "
         "server's root_dir and the model store."))
+    install_requirements = Bool(False, config=True, help=(
+        "pip-install the requirements file an archive lists, per model (never into this environment)."))
     export_environment = Bool(True, config=True, help=(
         "Export LMJUPYTER_URL and LMJUPYTER_TOKEN to the environment kernels inherit, so "
         "that %lmserve and lmjupyter.discovery.connect() find this server."))
@@ -54,7 +56,8 @@ class LMServe(ExtensionApp):
         gpus = list(self.gpus) if self.gpus is not None else discover_gpus()
         self.engine = Engine(EngineSettings(
             root_dir=root_dir, model_store=store, gpus=gpus,
-            allowed_roots=[os.path.realpath(os.path.expanduser(p)) for p in self.allow_roots]))
+            allowed_roots=[os.path.realpath(os.path.expanduser(p)) for p in self.allow_roots],
+            install_requirements=self.install_requirements))
         identity = self.serverapp.identity_provider
         # Password-only servers have no token a kernel could send: mint one these routes accept.
         self.kernel_token = None if identity.token or not identity.auth_enabled else secrets.token_urlsafe(32)
@@ -67,9 +70,10 @@ class LMServe(ExtensionApp):
         self.handlers.extend(route_table("/", LMServeHandler, wrap=protect))
 
     async def _start_jupyter_server_extension(self, serverapp) -> None:
-        """The port is known only once the server listens; kernels start after this."""
+        """Once the server listens: its port is known (kernels start after this), the loop runs."""
         if self.export_environment:
             self.export_env()
+        self.engine.restore()  # models of the model store's registry snapshot come back
 
     def server_url(self) -> str:
         app = self.serverapp
