@@ -16,7 +16,7 @@ from conftest import BATCH, MAX_NEW_TOKENS, run_ranks
 MODES = {
     # id: (nproc, config, expected output rank)
     "tp2": (2, {"parallelType": "tp"}, 0),
-    "pp2": (2, {"parallelType": "pp", "pippy": {"chunks": 2}}, 1),
+    "pp2": (2, {"parallelType": "pp", "pippy": {"chunks": 3}}, 1),  # 4 requests: padded to 6
     "pptp4": (4, {"parallelType": "pptp", "pippy": {"chunks": 2}, "handler": {"tp_size": 2}}, 2),
 }
 
