@@ -30,6 +30,36 @@ def unpack(data: bytes) -> tuple:
     return pickle.loads(data)
 
 
+class FrameDecoder:
+    """Frames out of a byte stream that arrives in arbitrary pieces (an asyncio Protocol's
+    ``data_received``): every complete message, in order, as soon as its last byte is in."""
+
+    def __init__(self):
+        self._pending = bytearray()  # an incomplete frame; appending keeps large frames O(n)
+
+    def feed(self, data: bytes) -> list[tuple]:
+        if self._pending:
+            self._pending += data
+            data = self._pending
+        messages = []
+        position, end = 0, len(data)
+        with memoryview(data) as view:
+            while end - position >= HEADER.size:
+                (length,) = HEADER.unpack_from(view, position)
+                start = position + HEADER.size
+                if end - start < length:
+                    break
+                messages.append(unpack(view[start:start + length]))
+                position = start + length
+            rest = view[position:]
+            if not rest:
+                self._pending = bytearray()
+            elif data is not self._pending or position:
+                self._pending = bytearray(rest)
+            rest.release()
+        return messages
+
+
 async def read_message(reader) -> tuple | None:
     """Next message from an asyncio StreamReader, or None at end of stream."""
     try:

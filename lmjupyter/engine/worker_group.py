@@ -63,8 +63,34 @@ class WorkerSpec:
 class RankLink:
     rank: int
     pid: int
-    writer: asyncio.StreamWriter
+    writer: asyncio.Transport  # write() and close(), as a StreamWriter had
     state: str = "loading"
+
+
+class _RankConnection(asyncio.Protocol):
+    """One rank's socket: each frame is decoded as soon as it is in and handed to the group
+    in the same event-loop callback (no reader task to wake, no per-message coroutine)."""
+
+    def __init__(self, group: "WorkerGroup"):
+        self.group = group
+        self.link: RankLink | None = None
+        self.transport: asyncio.Transport | None = None
+        self._frames = ipc.FrameDecoder()
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            messages = self._frames.feed(data)
+        except Exception:  # not our framing: a broken peer
+            self.transport.close()
+            return
+        for message in messages:
+            self.group._on_message(self, message)
+
+    def connection_lost(self, exc) -> None:
+        self.group._on_connection_lost(self)
 
 
 class WorkerGroup:
@@ -82,6 +108,7 @@ class WorkerGroup:
         self.started_at = time.monotonic()
         self._batch_id = 0
         self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0  # loop time by which the batch in flight must be answered
         self._server: asyncio.AbstractServer | None = None
         self._ready = asyncio.get_running_loop().create_future()
         self._on_batch_done = on_batch_done
@@ -94,7 +121,8 @@ class WorkerGroup:
         spec = self.spec
         os.makedirs(spec.log_dir, mode=0o700, exist_ok=True)
         socket_path = os.path.join(spec.run_dir, f"{spec.model_name[:40]}-w{spec.worker_id}-{id(self)}.sock")
-        self._server = await asyncio.start_unix_server(self._on_connect, path=socket_path)
+        self._server = await asyncio.get_running_loop().create_unix_server(
+            lambda: _RankConnection(self), path=socket_path)
         os.chmod(socket_path, 0o600)
         spec_file = socket_path[:-5] + ".json"
         with open(os.open(spec_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
@@ -123,17 +151,21 @@ class WorkerGroup:
             raise
         self.state = WorkerState.READY
 
-    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        hello = await ipc.read_message(reader)
-        if not hello or hello[0] != "hello":
-            writer.close()
-            return
-        _, rank, pid = hello
-        link = self.ranks[rank] = RankLink(rank, pid, writer)
-        while (message := await ipc.read_message(reader)) is not None:
+    def _on_message(self, connection: _RankConnection, message: tuple) -> None:
+        link = connection.link
+        if link is not None:
             self._handle(link, message)
-        link.state = "exited"
-        self._broken(f"rank {rank} (pid {pid}) of worker {self.id} exited")
+        elif message[0] == "hello":
+            _, rank, pid = message
+            connection.link = self.ranks[rank] = RankLink(rank, pid, connection.transport)
+        else:
+            connection.transport.close()
+
+    def _on_connection_lost(self, connection: _RankConnection) -> None:
+        link = connection.link
+        if link is not None:
+            link.state = "exited"
+            self._broken(f"rank {link.rank} (pid {link.pid}) of worker {self.id} exited")
 
     def _handle(self, link: RankLink, message: tuple) -> None:
         kind = message[0]
@@ -174,18 +206,30 @@ class WorkerGroup:
         frame = ipc.pack(("batch", self._batch_id, [(r.payload, r.content_type) for r in batch]))
         for link in self.ranks.values():
             link.writer.write(frame)
-        self._timer = asyncio.get_running_loop().call_later(timeout, self._timed_out, timeout)
+        # One lazily re-armed timer instead of a TimerHandle created and cancelled per batch.
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.time() + timeout
+        if self._timer is None or self._timer.when() > self._deadline:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = loop.call_at(self._deadline, self._check_deadline, timeout)
+
+    def _check_deadline(self, timeout: float) -> None:
+        self._timer = None
+        if self.batch is None or self.state != WorkerState.BUSY:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._deadline:  # a later batch than the one the timer was set for
+            self._timer = loop.call_at(self._deadline, self._check_deadline, timeout)
+            return
+        self._timed_out(timeout)
 
     def _timed_out(self, timeout: float) -> None:
-        self._timer = None
         self.fail_batch(RequestFailed(504, f"no answer within responseTimeout={timeout:g}s; "
                                             f"worker {self.id} is being replaced"))
         self._broken(f"worker {self.id} timed out after {timeout:g}s")
 
     def _finish_batch(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         self.batch = None
         if self.state == WorkerState.BUSY:
             self.state = WorkerState.READY
@@ -239,6 +283,7 @@ class WorkerGroup:
         await _wait_gone([link.pid for link in self.ranks.values()], timeout=5.0)
         if self._timer is not None:
             self._timer.cancel()
+            self._timer = None
         if self._server is not None:
             self._server.close()
             self._server = None
