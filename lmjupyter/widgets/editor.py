@@ -48,15 +48,15 @@ class ConfigEditor(widgets.VBox):
         for path, label, make in FIELDS:
             field = make()
             field.description = label
-            field.style = {"description_width": "110px"}
-            field.layout = widgets.Layout(width="230px")
+            field.style = {"description_width": "120px"}
+            field.layout = widgets.Layout(width="240px")
             field.observe(self._field_changed, names="value")
             self.fields[path] = field
         self.valid = False
         self._syncing = False
         self.area.observe(lambda change: self.validate(), names="value")
         grid = widgets.GridBox(list(self.fields.values()),
-                               layout=widgets.Layout(grid_template_columns="repeat(2, 240px)"))
+                               layout=widgets.Layout(grid_template_columns="repeat(2, 250px)"))
         super().__init__([grid, self.area, self.status])
         self.validate()
 

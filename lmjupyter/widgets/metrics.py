@@ -96,6 +96,17 @@ class MetricsHistory:
         return out
 
 
+def summary(history: "MetricsHistory", model: str | None = None) -> str:
+    """Percentiles of every request since the server started, e.g. 'p50 3.1 ms, p99 9.8 ms (120 requests)'."""
+    if not history.points:
+        return ""
+    total = _select(history.points[-1][1], model)
+    if total.count <= 0:
+        return "no requests yet"
+    parts = [f"p{round(q * 100)} {quantile(q, total) * 1000:.3g} ms" for q in QUANTILES]
+    return f"{', '.join(parts)} ({total.count:.0f} requests since start)"
+
+
 def _select(snapshot: dict[str, Histogram], model: str | None) -> Histogram:
     if model is not None:
         return snapshot.get(model, Histogram())

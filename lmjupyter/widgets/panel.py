@@ -27,7 +27,7 @@ import yaml
 from lmjupyter import discovery
 from lmjupyter.client import LMServeError
 from lmjupyter.widgets.editor import DEFAULT_YAML, ConfigEditor
-from lmjupyter.widgets.metrics import MetricsHistory
+from lmjupyter.widgets.metrics import MetricsHistory, summary
 from lmjupyter.widgets.plot import line_chart
 from lmjupyter.widgets.render import Table, models_table, workers_table
 
@@ -42,8 +42,9 @@ class ControlPanel(widgets.VBox):
         self.interval = min(max(float(interval), MIN_INTERVAL), MAX_INTERVAL)
         self.history = MetricsHistory()
         self.models: list[dict] = []
+        self._first = True
         self._stop = threading.Event()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # refresh() sets the dropdown, which calls _selected
         self._actions = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmj-panel-action")
         self._build()
         self._view_count = 0  # ask the frontend to count views: poll only while one is shown
@@ -114,8 +115,11 @@ class ControlPanel(widgets.VBox):
             names = [ALL_MODELS] + [m["name"] for m in models]
             if list(self.model_select.options) != names:
                 keep = self.model_select.value if self.model_select.value in names else ALL_MODELS
+                if self._first and len(models) == 1:
+                    keep = models[0]["name"]  # one model: show it, and its config in the editor
                 self.model_select.options = names
                 self.model_select.value = keep
+            self._first = False
             self._draw_selected()
             self.gpus_view.value = _gpus_table(gpus).html() if gpus else ""
 
@@ -125,18 +129,21 @@ class ControlPanel(widgets.VBox):
         self.workers_view.value = "".join(workers_table(m).html() for m in chosen)
         series = self.history.series(None if name == ALL_MODELS else name)
         latency = {k: series[k] for k in ("p50", "p90", "p99")}
-        self.plot.value = (line_chart(series["t"], latency, f"latency of {name}", "ms")
+        totals = summary(self.history, None if name == ALL_MODELS else name)
+        self.plot.value = (f"<div><small>{html.escape(totals)}</small></div>"
+                           + line_chart(series["t"], latency, f"latency of {name}", "ms")
                            + line_chart(series["t"], {"requests/s": series["rps"]}, "throughput", "/s"))
 
     def _selected(self, change) -> None:
-        model = next((m for m in self.models if m["name"] == change["new"]), None)
-        if model is not None:
-            self.name.value = model["name"]
-            self.handler.value = model.get("handler") or ""
-            self.model_dir.value = model.get("model_dir") or ""
-            self.editor.text = yaml.safe_dump(_editable(model.get("config") or {}), sort_keys=False)
-            self.workers.value = model.get("target_workers", len(model.get("workers", [])))
-        self._draw_selected()
+        with self._lock:
+            model = next((m for m in self.models if m["name"] == change["new"]), None)
+            if model is not None:
+                self.name.value = model["name"]
+                self.handler.value = model.get("handler") or ""
+                self.model_dir.value = model.get("model_dir") or ""
+                self.editor.text = yaml.safe_dump(_editable(model.get("config") or {}), sort_keys=False)
+                self.workers.value = model.get("target_workers", len(model.get("workers", [])))
+            self._draw_selected()
 
     def _poll(self) -> None:
         while not self._stop.wait(self.interval):

@@ -40,7 +40,8 @@ class JupyterServer:
     """``jupyter server`` (or ``jupyter lab``) on 127.0.0.1 with a token, its own config and runtime dirs."""
 
     def __init__(self, tmp: Path, *, app: str = "jupyter_server", token: str = TOKEN, base_url: str = "/",
-                 server_config: dict | None = None, args: tuple = (), root: Path | None = None):
+                 server_config: dict | None = None, args: tuple = (), root: Path | None = None,
+                 config_files: dict[str, str] | None = None):
         self.tmp = Path(tmp)
         self.root = Path(root) if root else self.tmp / "root"
         self.root.mkdir(parents=True, exist_ok=True)
@@ -50,6 +51,9 @@ class JupyterServer:
         for section, values in (server_config or {}).items():
             config.setdefault(section, {}).update(values)
         (self.config_dir / "jupyter_server_config.json").write_text(json.dumps(config))
+        for relative, text in (config_files or {}).items():  # e.g. labconfig/page_config.json
+            (self.config_dir / relative).parent.mkdir(parents=True, exist_ok=True)
+            (self.config_dir / relative).write_text(text)
         self.token, port = token, free_port()
         self.url = f"http://127.0.0.1:{port}{base_url}"
         cmd = [sys.executable, "-m", app, "--no-browser", "--ServerApp.ip=127.0.0.1",
