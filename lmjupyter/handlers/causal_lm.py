@@ -42,18 +42,19 @@ class CausalLMHandler(BaseHandler):
         self.config = AutoConfig.from_pretrained(ctx.model_dir, local_files_only=True)
         self.runner = build_runner(ctx, self.config)
         self.max_positions = getattr(self.config, "max_position_embeddings", None)
-        self.pad_id, self.eos_ids = self._special_ids()
+        self.pad_id, self.eos_ids = self._special_ids(ctx.model_dir)
         self.initialized = True
 
     def output_rank(self, ctx) -> int:
         """The rank holding the logits (every rank ends up with the same tokens)."""
         return self.runner.decider_rank
 
-    def _special_ids(self):
+    def _special_ids(self, model_dir):
+        """eos/pad as ``generate`` would take them: generation_config.json first."""
         from transformers import GenerationConfig
 
         try:
-            gen = GenerationConfig.from_pretrained(self.tokenizer.name_or_path, local_files_only=True)
+            gen = GenerationConfig.from_pretrained(model_dir, local_files_only=True)
         except OSError:
             gen = GenerationConfig.from_model_config(self.config)
         eos = gen.eos_token_id if gen.eos_token_id is not None else self.tokenizer.eos_token_id

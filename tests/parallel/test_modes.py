@@ -1,7 +1,7 @@
 """tp, pp and pptp on real torchrun groups (gloo, CPU): same tokens as ``generate``.
 
 One launch per mode runs both families (tiny Llama with GQA, tiny GPT-2, 3
-layers each), a batch of prompts of different lengths, twice (the second
+layers each; a 5-layer Llama with a tied head), a batch of prompts of different lengths, twice (the second
 batch reuses the pipeline schedules), with streaming on.
 """
 from __future__ import annotations
@@ -25,7 +25,8 @@ def stored_numel(model_dir: str) -> tuple[int, int]:
     """Elements in the checkpoint, and those of the embedding when the head is tied to it."""
     with safe_open(f"{model_dir}/model.safetensors", "pt") as f:
         sizes = {k: math.prod(f.get_slice(k).get_shape()) for k in f.keys()}
-    tied = 0 if "lm_head.weight" in sizes else sizes["transformer.wte.weight"]
+    embed = next(k for k in sizes if k.endswith(("embed_tokens.weight", "wte.weight")))
+    tied = 0 if "lm_head.weight" in sizes else sizes[embed]
     return sum(sizes.values()), tied
 
 
@@ -38,7 +39,7 @@ def launched(request, models, tmp_path_factory):
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("family", ["llama", "gpt2", "llama_tied"])
 def test_greedy_tokens_equal_generate(launched, reference, family):
     mode, nproc, out_rank, records = launched
     ranks = records[family]
@@ -51,7 +52,7 @@ def test_greedy_tokens_equal_generate(launched, reference, family):
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("family", ["llama", "gpt2", "llama_tied"])
 def test_streamed_tokens_equal_answer(launched, family):
     _, _, out_rank, records = launched
     record = records[family][out_rank]
@@ -66,7 +67,7 @@ def test_streamed_tokens_equal_answer(launched, family):
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("family", ["llama", "gpt2", "llama_tied"])
 def test_each_rank_holds_only_its_part(launched, models, family):
     """3 layers over 2 stages split 2 + 1, hence the loose pp bound; tp halves everything."""
     mode, nproc, _, records = launched

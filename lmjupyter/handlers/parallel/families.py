@@ -66,7 +66,12 @@ class Family:
         raise NotImplementedError
 
     def after_tp(self, model: nn.Module, tp: int) -> None:
-        """Fix-ups after ``parallelize_module`` (re-tie weights, local sizes)."""
+        """Fix-ups after ``parallelize_module``: re-tie a tied head to the embedding
+        (both are sharded on the vocab dim, so one DTensor serves both)."""
+        embed = getattr(getattr(model, self.base_prefix), self.embed, None)
+        head = getattr(model, "lm_head", None)
+        if getattr(self.config, "tie_word_embeddings", False) and embed is not None and head is not None:
+            head.weight = embed.weight
 
     def _common_plan(self, has_embed: bool, has_head: bool) -> dict:
         from torch.distributed.tensor import Replicate
@@ -168,12 +173,9 @@ class GPT2Family(Family):
         return plan
 
     def after_tp(self, model, tp):
-        base = getattr(model, self.base_prefix)
-        for block in getattr(base, self.layers):
+        super().after_tp(model, tp)
+        for block in getattr(getattr(model, self.base_prefix), self.layers):
             block.attn.split_size = self.config.n_embd // tp   # the local q|k|v widths
-        if getattr(model, "lm_head", None) is not None and getattr(base, self.embed, None) is not None:
-            if self.config.tie_word_embeddings:
-                model.lm_head.weight = getattr(base, self.embed).weight
 
     def trim_stage(self, lm, first, last, layer_offset, dtype):
         super().trim_stage(lm, first, last, layer_offset, dtype)
