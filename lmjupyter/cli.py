@@ -25,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="another folder handlers and models may be read from (repeatable)")
     serve.add_argument("--install-requirements", action="store_true",
                        help="pip-install archives' requirements files, per model (never into this environment)")
+    serve.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto",
+                       help="event loop: auto (the default) takes uvloop when it is installed "
+                            "(pip install 'lmjupyter[fast]'; about 10-20%% less server CPU per request), else asyncio's")
 
     from lmjupyter.archive import pack
 
@@ -63,9 +66,27 @@ def _serve(args) -> int:
     settings = EngineSettings(root_dir=os.getcwd(), model_store=model_store, gpus=gpus,
                               allowed_roots=[os.path.abspath(p) for p in args.allow_root],
                               install_requirements=args.install_requirements)
+    run = _event_loop(args.loop)
+    if run is None:
+        print("lmjupyter serve: --loop uvloop: uvloop is not installed (pip install 'lmjupyter[fast]')",
+              file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(levelname)s %(name)s] %(message)s")
-    asyncio.run(serve(args.host, args.port, args.token, settings))
+    run(serve(args.host, args.port, args.token, settings))
     return 0
+
+
+def _event_loop(choice: str):
+    """uvloop's runner when asked for or (auto) installed, else asyncio.run; None: uvloop is missing."""
+    if choice != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if choice == "uvloop":
+                return None
+        else:
+            return uvloop.run
+    return asyncio.run
 
 
 if __name__ == "__main__":

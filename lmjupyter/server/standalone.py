@@ -84,7 +84,8 @@ async def serve(host: str, port: int, token: str | None, settings: EngineSetting
     actual_port = next(iter(server._sockets.values())).getsockname()[1]
     url = f"http://{host}:{actual_port}/"
     info_file = write_server_info(url, token, actual_port)
-    announce(f"lmjupyter serving at {url} (GPUs: {settings.gpus or 'none'})\n"
+    loop_name = type(asyncio.get_running_loop()).__module__.split(".")[0]  # uvloop or asyncio
+    announce(f"lmjupyter serving at {url} (GPUs: {settings.gpus or 'none'}; event loop: {loop_name})\n"
              f"token: {token}\nserver info: {info_file}", flush=True)
     engine.restore()  # models of the store's registry snapshot come back in the background
     stop = asyncio.Event()
