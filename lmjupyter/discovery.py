@@ -38,8 +38,8 @@ ENV_URL, ENV_TOKEN, ENV_SERVER_PID = "LMJUPYTER_URL", "LMJUPYTER_TOKEN", "LMJUPY
 PRIVATE_START_TIMEOUT = 60.0
 PROBE_TIMEOUT = 10.0
 
-EXTENSION, RUNTIME_FILE, ENVIRONMENT, PRIVATE = ("jupyter-extension", "jupyter-runtime-file",
-                                                  "environment", "private")
+EXTENSION, RUNTIME_FILE, ENVIRONMENT, PRIVATE, MANUAL = ("jupyter-extension", "jupyter-runtime-file",
+                                                          "environment", "private", "manual")
 
 
 class DiscoveryError(RuntimeError):
@@ -50,7 +50,7 @@ class DiscoveryError(RuntimeError):
 class Connection:
     url: str
     token: str
-    source: str                 # one of EXTENSION, RUNTIME_FILE, ENVIRONMENT, PRIVATE
+    source: str                 # one of EXTENSION, RUNTIME_FILE, ENVIRONMENT, PRIVATE, MANUAL
     detail: str = ""
     process: subprocess.Popen | None = field(default=None, repr=False)
     notes: list[str] = field(default_factory=list)
@@ -61,6 +61,7 @@ class Connection:
             RUNTIME_FILE: "this kernel's Jupyter server (found in Jupyter's runtime files)",
             ENVIRONMENT: "the server named by LMJUPYTER_URL",
             PRIVATE: "a private `lmjupyter serve` started for this kernel",
+            MANUAL: "the server given to %lmserve connect / discovery.use()",
         }[self.source]
         return f"{what} at {self.url}" + (f" ({self.detail})" if self.detail else "")
 
@@ -101,7 +102,7 @@ def use(url: str, token: str | None = None) -> Connection:
     """Point this process at a server by hand (what ``%lmserve connect`` does)."""
     global _current
     with _lock:
-        _current = Connection(url.rstrip("/") + "/", token or "", ENVIRONMENT, "set with use()")
+        _current = Connection(_slash(url), token or "", MANUAL)
         return _current
 
 

@@ -37,11 +37,26 @@ CELLS = {
               "panel.close(); panel._thread.join(3)\n"
               "print('idle', idle, 'polled', polled, 'stopped', not panel._thread.is_alive())\n"
               "print(panel.models_view.value)"),
+    "panel_actions": ("actions = ControlPanel(interval=30)\n"
+                      "actions.name.value = 'viapanel'\n"
+                      "actions.handler.value = 'lmserve/echo/handler.py'\n"
+                      "actions.editor.text = 'deviceType: cpu\\nmaxWorkers: 2\\ntorchrun:\\n  nproc-per-node: 1\\n'\n"
+                      "print(actions._deploy())\n"
+                      "actions.refresh()\n"
+                      "actions.model_select.value = 'viapanel'\n"
+                      "actions.query_input.value = '\"streamed?\"'\n"
+                      "print(actions._query())\n"
+                      "print(actions.query_output.value)\n"
+                      "actions.workers.value = 2\n"
+                      "print(actions._scale())\n"
+                      "print(actions._undeploy())\n"
+                      "actions.close()"),
     "undeploy": "%lmserve undeploy echo",
     "boom_handler": ("%%lmserve handler boom\nfrom lmjupyter.handlers import BaseHandler\n\n"
                      "class Boom(BaseHandler):\n    def initialize(self, ctx):\n"
                      "        raise RuntimeError('no weights here')\n"),
     "boom_deploy": "%lmserve deploy boom --nproc 1",
+    "reconnect": "%lmserve connect",
 }
 ERRORS = {"bad_config", "syntax", "import", "no_model", "no_handler", "usage", "unknown", "boom_deploy"}
 
@@ -113,6 +128,18 @@ def test_deploy_query_logs_status(cells):
     assert "rank 0/1 ready" in cells["logs"][1]
     assert "echo v1: ready, 1 worker(s) x 1 rank(s) on cpu" in cells["model_status"][1]
     assert "undeployed echo: 1 worker(s), 1 rank process(es) ended" in cells["undeploy"][1]
+
+
+def test_panel_buttons_deploy_query_scale_undeploy(cells):
+    text = cells["panel_actions"][1]
+    assert "viapanel is ready" in text
+    assert "viapanel answered in" in text and "streamed?" in text
+    assert "viapanel: 2 worker(s)" in text and "undeployed viapanel" in text
+
+
+def test_connect_discovers_again(cells):
+    assert "connected to the Jupyter server extension" in cells["reconnect"][1]
+    assert "/jh/" in cells["reconnect"][1]  # the server's base_url reaches the kernel
 
 
 def test_failed_start_shows_the_reason(cells):
