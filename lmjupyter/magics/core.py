@@ -17,7 +17,7 @@ from lmjupyter import discovery
 from lmjupyter.client import LMServeError
 from lmjupyter.magics import workspace
 from lmjupyter.magics.live import Live, deploy_progress, print_partial
-from lmjupyter.widgets.render import Table, logs_text, models_table, plan_table, workers_table
+from lmjupyter.widgets.render import logs_text, models_table, plan_table, workers_table
 
 POLL_INTERVAL = 0.3
 TERMINAL_STATES = ("ready", "failed")
