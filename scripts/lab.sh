@@ -9,4 +9,6 @@ if [ ! -f models/tiny-llama/config.json ]; then
     echo "==> building the default model into models/tiny-llama"
     python -m lmjupyter.models.tiny models/tiny-llama --family llama
 fi
-exec jupyter lab --ip 127.0.0.1 --ServerApp.root_dir="$PWD" notebooks/quickstart.ipynb "$@"
+extra=()
+[ "$(id -u)" = 0 ] && extra+=(--allow-root)   # Jupyter refuses to run as root without it
+exec jupyter lab --ip 127.0.0.1 --ServerApp.root_dir="$PWD" "${extra[@]}" notebooks/quickstart.ipynb "$@"

@@ -28,6 +28,7 @@ from lmjupyter.archive.manifest import VERSION_PATTERN
 from lmjupyter.config import ConfigError, ModelConfig, load_config
 from lmjupyter.engine.metrics import EngineMetrics
 from lmjupyter.engine.model import ServedModel
+from lmjupyter.engine.spares import SparePool
 from lmjupyter.engine.states import ModelState
 from lmjupyter.engine.store import ModelStore
 from lmjupyter.engine.worker_group import WorkerSpec, read_tail
@@ -49,6 +50,7 @@ class EngineSettings:
     gpus: list[int] = field(default_factory=list)
     allowed_roots: list[str] = field(default_factory=list)
     install_requirements: bool = False  # default of the deploy key: pip-install archives' requirements
+    warm_spares: int = 0  # torchrun groups kept started with torch imported (engine/spares.py)
 
 
 class Engine:
@@ -70,6 +72,7 @@ class Engine:
             self.allowed_roots.append(os.path.realpath(self.store.unpack_root))
         self.listeners.append(lambda: self.store.save(self))
         self._restoring: asyncio.Task | None = None
+        self.spares = SparePool(settings.warm_spares, self.run_dir) if settings.warm_spares > 0 else None
 
     # ---- queries ----------------------------------------------------------------------------
     def model(self, name: str, version: str | None = None) -> ServedModel:
@@ -348,6 +351,7 @@ class Engine:
         env["OMP_NUM_THREADS"] = str(config.torchrun.omp_number_threads)
         env["PYTHONUNBUFFERED"] = "1"
         env.pop("TORCHELASTIC_RUN_ID", None)
+        env.pop("LMJUPYTER_TOKEN", None)  # ranks never call the API; keep the secret out of handlers' reach
         return env
 
     def _worker_spec(self, model: ServedModel, worker_id: int, gpus: list[int]) -> WorkerSpec:
@@ -356,7 +360,7 @@ class Engine:
             model_name=model.name, worker_id=worker_id, handler=model.handler, model_dir=model.model_dir,
             config=config.as_yaml_dict(), nproc=config.nproc, gpus=gpus,
             torchrun_args=self._torchrun_args(config), env=self._worker_env(config, gpus, model.python_path),
-            manifest=model.manifest,
+            manifest=model.manifest, spares=self.spares,
             run_dir=self.run_dir, log_dir=self._log_dir(model.name, model.version, worker_id),
             startup_timeout=config.startupTimeout)
 
@@ -431,8 +435,25 @@ class Engine:
         description["workers"] = []
         return description
 
+    def start_spares(self) -> None:
+        """With ``warm_spares``: start spares of the shape a plain deploy gets (one rank; CPU, or the
+        first GPU); later ones follow the shapes of recent worker starts. Needs the running loop."""
+        if self.spares is None:
+            return
+        config, _ = load_config({"deviceType": "gpu" if self.allocator.gpus else "cpu"})
+        gpus = self.allocator.gpus[:1] if config.deviceType == "gpu" else []
+        self.spares.remember(WorkerSpec(
+            model_name="spare", worker_id=0, handler="", model_dir="", config={}, nproc=config.nproc, gpus=gpus,
+            torchrun_args=self._torchrun_args(config), env=self._worker_env(config, gpus),
+            run_dir=self.run_dir, log_dir="", startup_timeout=config.startupTimeout))
+
+    def describe_spares(self) -> dict | None:
+        return self.spares.describe() if self.spares is not None else None
+
     async def shutdown(self) -> None:
         """End every worker group of every model; used when the server stops."""
+        if self.spares is not None:
+            await self.spares.shutdown()
         self.store.close()  # the snapshot keeps the models, to bring them back on the next start
         if self._restoring is not None:
             self._restoring.cancel()
