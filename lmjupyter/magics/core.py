@@ -54,6 +54,7 @@ PARSERS = {
         (("--handler",), {"help": "a .py file or module:Class (default: ./lmserve/NAME/handler.py)"}),
         (("--config",), {"help": "a model-config.yaml (default: ./lmserve/NAME/model-config.yaml)"}),
         (("--model-dir",), {"help": "the model folder (a Hugging Face folder needs no handler)"}),
+        (("--archive",), {"help": "a model archive (.tar.gz, .zip, .mar) or an unpacked archive folder"}),
         (("--workers",), {"type": int, "help": "worker groups to start (default: minWorkers)"}),
         (("--nproc",), {"type": int, "help": "ranks per worker (torchrun nproc-per-node)"}),
         (("--version",), {"help": "version label of this deployment"}),
@@ -208,10 +209,14 @@ class LMServeMagics(Magics):
         config_path = args.config or _existing(workspace.config_file(name))
         if model_dir and not args.config and os.path.isfile(os.path.join(model_dir, "model-config.yaml")):
             config_path = None  # the engine reads the model folder's own config
-        if not handler and not model_dir:
+        archive = os.path.abspath(os.path.expanduser(args.archive)) if args.archive else None
+        if archive:
+            handler = args.handler  # an archive names its own handler and config
+            config_path = args.config
+        if not handler and not model_dir and not archive:
             raise MagicError(f"%lmserve deploy: no handler for {name}: write one with `%%lmserve handler {name}`, "
-                             "or pass --handler FILE.py|module:Class, or --model-dir of a Hugging Face model")
-        body = {"model_dir": model_dir, "workers": args.workers, "version": args.version}
+                             "or pass --handler FILE.py|module:Class, --archive PATH, or --model-dir of a Hugging Face model")
+        body = {"model_dir": model_dir, "archive": archive, "workers": args.workers, "version": args.version}
         if args.nproc is not None:
             body["config"] = _with_nproc(config_path, model_dir, args.nproc)
         elif config_path:

@@ -51,6 +51,13 @@ CELLS = {
                       "print(actions._scale())\n"
                       "print(actions._undeploy())\n"
                       "actions.close()"),
+    "archive": ("import subprocess, sys\n"
+                "subprocess.run([sys.executable, '-m', 'lmjupyter.cli', 'archive', '--model-name', 'packed',\n"
+                "                '--handler', 'lmserve/echo/handler.py', '--export-path', '.', '--force'], check=True)\n"
+                "%lmserve deploy packed --archive packed.tar.gz\n"
+                "packed = %lmserve query packed \"from an archive\"\n"
+                "print(repr(packed))\n"
+                "%lmserve undeploy packed"),
     "undeploy": "%lmserve undeploy echo",
     "boom_handler": ("%%lmserve handler boom\nfrom lmjupyter.handlers import BaseHandler\n\n"
                      "class Boom(BaseHandler):\n    def initialize(self, ctx):\n"
@@ -128,6 +135,11 @@ def test_deploy_query_logs_status(cells):
     assert "rank 0/1 ready" in cells["logs"][1]
     assert "echo v1: ready, 1 worker(s) x 1 rank(s) on cpu" in cells["model_status"][1]
     assert "undeployed echo: 1 worker(s), 1 rank process(es) ended" in cells["undeploy"][1]
+
+
+def test_deploy_from_an_archive(cells):
+    text = cells["archive"][1]
+    assert "packed: ready" in text and "'from an archive'" in text and "undeployed packed" in text
 
 
 def test_panel_buttons_deploy_query_scale_undeploy(cells):
