@@ -16,7 +16,11 @@ Request: ``{"prompt": str, "max_new_tokens": int, "temperature": float}``, or
 
 ``handler:`` keys: ``max_new_tokens`` (default 32), ``max_length`` (prompts
 longer than this keep their last ``max_length`` tokens), ``tp_size`` (pptp),
-``dtype`` (default float32 on CPU, bfloat16 on GPU).
+``dtype`` (default float32 on CPU, bfloat16 on GPU), ``cuda_graphs`` (one
+process on a GPU: static KV cache plus a CUDA graph per decode shape; default
+true, ``false`` for the eager loop), ``cuda_graph_max_batch`` (default 64;
+larger batches decode eagerly), ``static_cache`` (the static-cache loop
+without graphs, on CPU too; default false).
 """
 from __future__ import annotations
 

@@ -31,6 +31,29 @@ def grid(ctx) -> tuple[int, int]:
     return 1, 1
 
 
+def _flag(hcfg: dict, key: str, default: bool) -> bool:
+    value = hcfg.get(key, default)
+    if isinstance(value, str):
+        value = value.strip().lower() not in ("false", "0", "no", "off", "")
+    return bool(value)
+
+
+def single_runner(model, ctx):
+    """One process: static cache + CUDA graphs on CUDA (``handler.cuda_graphs``, default on),
+    the eager dynamic-cache loop otherwise. ``handler.static_cache`` forces the static-cache
+    path without graphs (on CPU too: that is how its logic is tested there)."""
+    from lmjupyter.handlers.parallel.static_decode import DEFAULT_MAX_BATCH, StaticDecodeRunner
+
+    hcfg = ctx.handler_config
+    cuda = str(ctx.device).startswith("cuda")
+    graphs = cuda and _flag(hcfg, "cuda_graphs", True)
+    static = graphs or _flag(hcfg, "static_cache", False)
+    if not static:
+        return ModelRunner(model, ctx.device)
+    max_batch = int(hcfg.get("cuda_graph_max_batch", DEFAULT_MAX_BATCH))
+    return StaticDecodeRunner(model, ctx.device, graphs=graphs, max_batch=max_batch)
+
+
 def build_runner(ctx, config):
     """Load this rank's part of the model in ``ctx.model_dir`` and wrap it in a runner."""
     import torch
@@ -45,7 +68,8 @@ def build_runner(ctx, config):
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(ctx.model_dir, dtype=dtype, local_files_only=True)
-        return ModelRunner(model.to(torch.device(ctx.device)).eval(), ctx.device)
+        model = model.to(torch.device(ctx.device)).eval()
+        return single_runner(model, ctx)
     layout = make_layout(ctx, pp, tp)
     family = family_for(config)
     if pp == 1:

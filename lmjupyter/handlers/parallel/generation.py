@@ -62,11 +62,17 @@ def left_pad(prompts: list[list[int]], pad_id: int):
     return ids, mask, positions
 
 
-def _pick(logits: torch.Tensor, temperatures: torch.Tensor, generator=None) -> torch.Tensor:
-    """Greedy where temperature is 0, else a sample from softmax(logits / T)."""
+def _pick(logits: torch.Tensor, temperatures: torch.Tensor, generator=None, sampling: bool | None = None) -> torch.Tensor:
+    """Greedy where temperature is 0, else a sample from softmax(logits / T).
+
+    ``sampling`` (whether any temperature is above 0) saves a device sync per
+    step when the caller knows it already.
+    """
     logits = logits.float()
     greedy = logits.argmax(-1)
-    if not bool((temperatures > 0).any()):
+    if sampling is None:
+        sampling = bool((temperatures > 0).any())
+    if not sampling:
         return greedy
     scaled = logits / temperatures.clamp(min=1e-6)[:, None]
     sampled = torch.multinomial(torch.softmax(scaled, -1), 1, generator=generator)[:, 0]
@@ -88,6 +94,10 @@ def generate(runner, requests: list[Request], pad_id: int, eos_ids: set[int], ra
         return outputs
     ids, mask, positions = (t.to(device) for t in left_pad([r.prompt_ids for r in requests], pad_id))
     temps = torch.tensor([float(r.temperature) for r in requests], device=device)
+    sampling = any(float(r.temperature) > 0 for r in requests)
+    reserve = getattr(runner, "reserve", None)  # runners with a fixed-size cache size it per batch
+    if reserve is not None:
+        reserve(ids.shape[1] + max(r.max_new_tokens for r in requests))
     runner.start(n)
     try:
         step_ids = ids
@@ -95,7 +105,7 @@ def generate(runner, requests: list[Request], pad_id: int, eos_ids: set[int], ra
             logits = runner.forward(step_ids, mask, positions)
             next_ids = torch.empty(n, dtype=torch.long, device=device)
             if rank == runner.decider_rank:
-                next_ids.copy_(_pick(logits, temps))
+                next_ids.copy_(_pick(logits, temps, sampling=sampling))
             broadcast_(next_ids, src=runner.decider_rank)
             tokens = next_ids.tolist()
             partial: list[int | None] = []
