@@ -9,6 +9,8 @@ at the first request.
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 
 
@@ -49,6 +51,31 @@ def check_available(device: str):
     return deepspeed
 
 
+_ARCH = re.compile(r"^(\d+)\.(\d+)[a-z]*(\+PTX)?$")
+
+
+def deepspeed_arch_list(value: str | None) -> str | None:
+    """TORCH_CUDA_ARCH_LIST as DeepSpeed's op builder can read it, or None if it needs no change.
+
+    PyTorch accepts architecture-specific targets such as ``9.0a`` (Hopper's
+    wgmma/TMA) or ``10.0f``; DeepSpeed 0.19's JIT builder sorts the list with
+    ``int(part)`` for each dot-separated part and fails on them with
+    "invalid literal for int() with base 10: '0a'" (op_builder/builder.py,
+    ``compute_capability_args``). Its kernels need no arch-specific
+    instructions, so the plain ``9.0`` builds them.
+    """
+    if not value or not value.strip():
+        return None
+    entries = [e for e in value.replace(" ", ";").split(";") if e.strip()]
+    fixed = []
+    for entry in entries:
+        match = _ARCH.match(entry.strip())
+        fixed.append(f"{match.group(1)}.{match.group(2)}{match.group(3) or ''}" if match else entry.strip())
+    fixed = list(dict.fromkeys(fixed))
+    result = ";".join(fixed)
+    return None if result == value else result
+
+
 def load_deepspeed(ctx, dtype):
     """Load the HF model and hand it to ``deepspeed.init_inference``; returns the module."""
     config = ds_config(ctx)
@@ -60,5 +87,10 @@ def load_deepspeed(ctx, dtype):
     ensure_process_group(ctx)
     model = AutoModelForCausalLM.from_pretrained(ctx.model_dir, dtype=dtype, local_files_only=True).eval()
     config.setdefault("dtype", dtype)
+    arch = deepspeed_arch_list(os.environ.get("TORCH_CUDA_ARCH_LIST"))
+    if arch is not None:
+        print(f"lmjupyter: TORCH_CUDA_ARCH_LIST {os.environ['TORCH_CUDA_ARCH_LIST']!r} -> {arch!r} "
+              "for DeepSpeed's op builder (it cannot parse arch suffixes such as '9.0a')", flush=True)
+        os.environ["TORCH_CUDA_ARCH_LIST"] = arch
     engine = deepspeed.init_inference(model, config=config)
     return engine.module
