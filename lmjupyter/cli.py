@@ -25,6 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="another folder handlers and models may be read from (repeatable)")
     serve.add_argument("--install-requirements", action="store_true",
                        help="pip-install archives' requirements files, per model (never into this environment)")
+    serve.add_argument("--warm-spares", type=int, default=0, metavar="N",
+                       help="keep N torchrun groups started, torch imported, for the next worker starts of the "
+                            "same shape (nproc, devices, environment): those skip torchrun's start and torch's "
+                            "import, most of a cold start; each spare rank holds ~250 MB of RAM (default 0: off)")
     serve.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto",
                        help="event loop: auto (the default) takes uvloop when it is installed "
                             "(pip install 'lmjupyter[fast]'; about 10-20%% less server CPU per request), else asyncio's")
@@ -65,7 +69,8 @@ def _serve(args) -> int:
         os.makedirs(model_store, exist_ok=True)
     settings = EngineSettings(root_dir=os.getcwd(), model_store=model_store, gpus=gpus,
                               allowed_roots=[os.path.abspath(p) for p in args.allow_root],
-                              install_requirements=args.install_requirements)
+                              install_requirements=args.install_requirements,
+                              warm_spares=max(0, args.warm_spares))
     run = _event_loop(args.loop)
     if run is None:
         print("lmjupyter serve: --loop uvloop: uvloop is not installed (pip install 'lmjupyter[fast]')",

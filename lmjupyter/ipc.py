@@ -4,8 +4,9 @@ Both ends are our own processes, joined by a unix socket in a private 0700
 directory, so pickle is safe here and is the cheapest way to move request bytes
 without re-encoding them. Messages (tuples, first item the kind):
 
-server -> rank: ("batch", batch_id, [(payload: bytes, content_type: str), ...]) and ("stop",)
-rank -> server: ("hello", rank, pid), ("ready", rank, output_rank),
+server -> rank: ("batch", batch_id, [(payload: bytes, content_type: str), ...]) and ("stop",);
+                ("spec", {...}) to a warm spare's ranks when a deploy takes the group
+rank -> server: ("hello", rank, pid), ("spare_ready", rank), ("ready", rank, output_rank),
                 ("init_failed", rank, message, traceback),
                 ("partial", batch_id, [(position, encoded), ...]), ("result", batch_id, [encoded...]),
                 ("error", batch_id, rank, message, traceback)

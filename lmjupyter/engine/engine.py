@@ -436,8 +436,8 @@ class Engine:
         return description
 
     def start_spares(self) -> None:
-        """With ``warm_spares``: start spares of the shape a plain deploy gets (one rank; CPU, or the
-        first GPU); later ones follow the shapes of recent worker starts. Needs the running loop."""
+        """With ``warm_spares`` N: start N spares of the shape a plain deploy gets (one rank; CPU, or
+        the first GPU); later ones follow the shapes of the last N worker starts. Needs the running loop."""
         if self.spares is None:
             return
         config, _ = load_config({"deviceType": "gpu" if self.allocator.gpus else "cpu"})
@@ -445,7 +445,7 @@ class Engine:
         self.spares.remember(WorkerSpec(
             model_name="spare", worker_id=0, handler="", model_dir="", config={}, nproc=config.nproc, gpus=gpus,
             torchrun_args=self._torchrun_args(config), env=self._worker_env(config, gpus),
-            run_dir=self.run_dir, log_dir="", startup_timeout=config.startupTimeout))
+            run_dir=self.run_dir, log_dir="", startup_timeout=config.startupTimeout), times=self.spares.size)
 
     def describe_spares(self) -> dict | None:
         return self.spares.describe() if self.spares is not None else None

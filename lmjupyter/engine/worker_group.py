@@ -16,7 +16,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from lmjupyter import ipc
 from lmjupyter.engine.request import PendingRequest, RequestFailed
@@ -49,10 +49,18 @@ class WorkerSpec:
     log_dir: str
     startup_timeout: float
     manifest: dict = field(default_factory=dict)
+    spares: Any = field(default=None, repr=False, compare=False)  # the engine's SparePool, if any
+    spare: bool = False    # this group is a warm spare: ranks import torch, then wait for a spec
 
     @property
     def devices(self) -> str:
         return ",".join(map(str, self.gpus))
+
+    @property
+    def spare_key(self) -> tuple:
+        """What must be equal for a spare to serve this spec: torchrun's arguments (nproc
+        included) and the whole environment (CUDA_VISIBLE_DEVICES, OMP_NUM_THREADS, PYTHONPATH...)."""
+        return tuple(self.torchrun_args), tuple(sorted(self.env.items()))
 
     def command(self, spec_file: str) -> list[str]:
         return [sys.executable, "-m", "lmjupyter.worker.launch", *self.torchrun_args,
@@ -79,6 +87,7 @@ class _RankConnection(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
+        self.group._connections.append(self)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -90,6 +99,8 @@ class _RankConnection(asyncio.Protocol):
             self.group._on_message(self, message)
 
     def connection_lost(self, exc) -> None:
+        if self in self.group._connections:
+            self.group._connections.remove(self)
         self.group._on_connection_lost(self)
 
 
@@ -114,22 +125,42 @@ class WorkerGroup:
         self._on_batch_done = on_batch_done
         self._on_broken = on_broken
         self._tasks: set[asyncio.Task] = set()
+        self._connections: list[_RankConnection] = []
+        self.agent_log = os.path.join(spec.log_dir, "agent.log")  # torchrun's own output
+        self.taken_by: WorkerGroup | None = None  # set on a spare when a deploy takes it
+        self._spec_payload: dict | None = None     # sent to a taken spare's ranks as they say hello
 
     # ---- start-up -------------------------------------------------------------------------
     async def start(self) -> None:
-        """Spawn torchrun and wait until every rank has loaded the handler."""
+        """Spawn torchrun (or take a matching warm spare's) and wait until every rank has loaded the handler."""
         spec = self.spec
         os.makedirs(spec.log_dir, mode=0o700, exist_ok=True)
+        pool = spec.spares
+        if pool is None:
+            await self._launch()
+            await self._wait_ready()
+            return
+        pool.group_starting()
+        try:
+            spare = pool.take(spec)
+            if spare is not None:
+                self._take_over(spare)
+            else:
+                await self._launch()
+            await self._wait_ready()
+        finally:
+            pool.group_started(spec)
+
+    async def _launch(self) -> None:
+        spec = self.spec
         socket_path = os.path.join(spec.run_dir, f"{spec.model_name[:40]}-w{spec.worker_id}-{id(self)}.sock")
         self._server = await asyncio.get_running_loop().create_unix_server(
-            lambda: _RankConnection(self), path=socket_path)
+            lambda: _RankConnection(self.current()), path=socket_path)
         os.chmod(socket_path, 0o600)
         spec_file = socket_path[:-5] + ".json"
         with open(os.open(spec_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
-            json.dump({"socket": socket_path, "model_name": spec.model_name, "handler": spec.handler,
-                       "model_dir": spec.model_dir, "config": spec.config, "log_dir": spec.log_dir,
-                       "manifest": spec.manifest, "startup_timeout": spec.startup_timeout}, f)
-        agent_log = open(os.path.join(spec.log_dir, "agent.log"), "ab")
+            json.dump({"socket": socket_path, "spare": spec.spare, **self._payload()}, f)
+        agent_log = open(self.agent_log, "ab")
         try:
             self.process = await asyncio.create_subprocess_exec(
                 *spec.command(spec_file), env=spec.env, stdin=asyncio.subprocess.DEVNULL,
@@ -137,6 +168,41 @@ class WorkerGroup:
         finally:
             agent_log.close()
         self._spawn(self._watch_exit())
+
+    def _payload(self) -> dict:
+        """What a rank needs to load the handler (the spec file's content, or a spare's ``spec`` message)."""
+        spec = self.spec
+        return {"model_name": spec.model_name, "handler": spec.handler, "model_dir": spec.model_dir,
+                "config": spec.config, "log_dir": spec.log_dir, "manifest": spec.manifest,
+                "startup_timeout": spec.startup_timeout,
+                "response_timeout": spec.config.get("responseTimeout", 120)}
+
+    def _take_over(self, spare: "WorkerGroup") -> None:
+        """Become the group a warm spare started: its torchrun, socket and ranks, which have
+        imported torch and now get this group's spec (ranks still starting get it on hello)."""
+        spare.taken_by = self
+        _resolve(spare._ready, None)  # the spare's own start() returns; the pool has let go of it
+        self.process, self._server, self.agent_log = spare.process, spare._server, spare.agent_log
+        spare._server = None
+        self.ranks, self._connections = spare.ranks, spare._connections
+        for connection in self._connections:
+            connection.group = self
+        self._spec_payload = self._payload()
+        frame = ipc.pack(("spec", self._spec_payload))
+        for link in self.ranks.values():
+            link.state = "loading"
+            link.writer.write(frame)
+        self._spawn(self._watch_exit())
+
+    def current(self) -> "WorkerGroup":
+        """The group that owns this one's processes now: itself, or the group that took the spare."""
+        group = self
+        while group.taken_by is not None:
+            group = group.taken_by
+        return group
+
+    async def _wait_ready(self) -> None:
+        spec = self.spec
         try:
             await asyncio.wait_for(asyncio.shield(self._ready), spec.startup_timeout)
         except asyncio.TimeoutError:
@@ -158,6 +224,8 @@ class WorkerGroup:
         elif message[0] == "hello":
             _, rank, pid = message
             connection.link = self.ranks[rank] = RankLink(rank, pid, connection.transport)
+            if self._spec_payload is not None:
+                connection.transport.write(ipc.pack(("spec", self._spec_payload)))
         else:
             connection.transport.close()
 
@@ -185,6 +253,10 @@ class WorkerGroup:
             self.output_rank = message[2]
             if len(self.ranks) == self.spec.nproc and all(r.state == "ready" for r in self.ranks.values()):
                 _resolve(self._ready, None)
+        elif kind == "spare_ready" and self.spec.spare:
+            link.state = "spare"
+            if len(self.ranks) == self.spec.nproc and all(r.state == "spare" for r in self.ranks.values()):
+                _resolve(self._ready, None)
         elif kind == "init_failed":
             link.state = "failed"
             _, rank, text, trace = message
@@ -192,6 +264,8 @@ class WorkerGroup:
 
     async def _watch_exit(self) -> None:
         code = await self.process.wait()
+        if self.taken_by is not None:
+            return  # a spare's torchrun, watched now by the group that took it
         if not self._ready.done():
             tail = self.log_tail(lines=20)
             _resolve(self._ready, WorkerStartError(f"worker {self.id} exited with code {code} while starting\n{tail}"))
@@ -297,8 +371,9 @@ class WorkerGroup:
                           for link in sorted(self.ranks.values(), key=lambda link: link.rank)]}
 
     def log_tail(self, lines: int = 50, rank: int | None = None) -> str:
-        names = [f"rank{rank}.log"] if rank is not None else ["agent.log"] + [f"rank{r}.log" for r in range(self.spec.nproc)]
-        return "\n".join(read_tail(os.path.join(self.spec.log_dir, n), lines) for n in names).strip()
+        paths = [] if rank is not None else [self.agent_log]
+        paths += [os.path.join(self.spec.log_dir, f"rank{r}.log") for r in ([rank] if rank is not None else range(self.spec.nproc))]
+        return "\n".join(read_tail(path, lines) for path in paths).strip()
 
     def _spawn(self, coro) -> None:
         task = asyncio.ensure_future(coro)

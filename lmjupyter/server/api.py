@@ -76,7 +76,11 @@ class ApiMixin:
 class HealthHandler(ApiMixin):
     @api_errors
     async def get(self):
-        self.send_json({"status": "ok", "version": lmjupyter.__version__})
+        health = {"status": "ok", "version": lmjupyter.__version__}
+        spares = self.engine.describe_spares()
+        if spares is not None:  # lmjupyter serve --warm-spares N
+            health["warm_spares"] = spares
+        self.send_json(health)
 
 
 class ModelsHandler(ApiMixin):

@@ -2,9 +2,11 @@
 
 Started by torchrun as ``python -m lmjupyter.worker.main SPEC_JSON``. The spec
 file (written by the server into its private run directory) names the socket,
-the model, the handler and the config. Every rank receives every batch; only
-the output rank (by default rank 0, the last rank for pipelines, or what the
-handler's ``output_rank(ctx)`` says) sends answers back.
+the model, the handler and the config. A warm spare's spec file has no model:
+its ranks import torch, say ``spare_ready`` and wait for the deploy that takes
+the group to send the spec as a ``("spec", {...})`` message. Every rank receives
+every batch; only the output rank (by default rank 0, the last rank for pipelines,
+or what the handler's ``output_rank(ctx)`` says) sends answers back.
 """
 from __future__ import annotations
 
@@ -31,6 +33,11 @@ def main(argv: list[str]) -> int:
 
     channel = BlockingChannel(spec["socket"])
     channel.send(("hello", rank, os.getpid()))
+    if spec.get("spare"):
+        spec = _wait_as_spare(channel, rank)
+        if spec is None:
+            return 0
+        _redirect_output(os.path.join(spec["log_dir"], f"rank{rank}.log"))
     config = spec["config"]
     gpu = config.get("deviceType") == "gpu"
     ctx = Context(
@@ -43,7 +50,9 @@ def main(argv: list[str]) -> int:
     )
     try:
         if world_size > 1 or gpu:
-            _init_distributed(gpu, world_size, spec.get("startup_timeout", 120))
+            # The group's timeout also bounds every collective of a long generation; a hang is
+            # caught sooner by the server's responseTimeout, which kills the whole group.
+            _init_distributed(gpu, world_size, max(spec.get("startup_timeout", 120), spec.get("response_timeout", 120)) + 60)
         from lmjupyter.worker.loader import load_handler
         handler = load_handler(spec["handler"], spec["model_dir"])
         handler.initialize(ctx)
@@ -55,6 +64,19 @@ def main(argv: list[str]) -> int:
     print(f"rank {rank}/{world_size} ready (pid {os.getpid()}, output rank {output_rank})", flush=True)
     channel.send(("ready", rank, output_rank))
     return serve(channel, handler, ctx, answers=(rank == output_rank))
+
+
+def _wait_as_spare(channel: BlockingChannel, rank: int) -> dict | None:
+    """Do now what every start spends its first second on, then wait for a model's spec."""
+    import torch  # noqa: F401
+    import torch.distributed  # noqa: F401
+
+    print(f"spare rank {rank} ready (pid {os.getpid()}): torch imported, waiting for a model", flush=True)
+    channel.send(("spare_ready", rank))
+    message = channel.receive()
+    if message is None or message[0] != "spec":
+        return None  # "stop", or the server went away
+    return message[1]
 
 
 def serve(channel: BlockingChannel, handler, ctx: Context, answers: bool) -> int:
@@ -86,7 +108,9 @@ def _partial_sender(channel: BlockingChannel, batch_id: int, positions: list[int
     """Partials come per handled request; the server wants them by position in the batch."""
     def send(partials):
         _check_length(partials, len(positions))
-        channel.send(("partial", batch_id, [(i, encode_answer(p)) for i, p in zip(positions, partials)]))
+        # None means "nothing new for this request" (e.g. it already finished): send nothing for it
+        channel.send(("partial", batch_id, [(i, encode_answer(p)) for i, p in zip(positions, partials)
+                                            if p is not None]))
     return send
 
 
