@@ -99,7 +99,6 @@ def bench_bare(model_dir: Path, batches, new: int, reps: int, results: dict) -> 
     import torch
     from transformers import AutoModelForCausalLM, DynamicCache
 
-    from lmjupyter.handlers.causal_lm import CausalLMHandler
     from lmjupyter.handlers.parallel.families import cache_kwarg
     from lmjupyter.worker.context import Context
 
@@ -135,12 +134,32 @@ def bench_bare(model_dir: Path, batches, new: int, reps: int, results: dict) -> 
 
     cuda = DEVICE.startswith("cuda")
     fast = {} if cuda else {"static_cache": True}   # on CPU (a dry run of this script): the static path, no graphs
+    sys.path.insert(0, str(Path(__file__).parent))
+    from timing_handler import TimedCausalLM
+
+    from lmjupyter.worker.codec import encode_answer
+
+    def worker_like_send(partials):   # what the worker does per step (lmjupyter/worker/main.py), minus the socket
+        import pickle
+
+        pickle.dumps(("partial", 0, [(i, encode_answer(p)) for i, p in enumerate(partials) if p is not None]))
+
     for label, hcfg in (("handler_eager", {"cuda_graphs": False}), ("handler_graphs", fast)):
         ctx = Context(model_name="bench", model_dir=str(model_dir),
                       model_yaml_config={"deviceType": "gpu" if cuda else "cpu", "handler": hcfg}, device=DEVICE)
-        handler = CausalLMHandler()
+        handler = TimedCausalLM()
         handler.initialize(ctx)
         for batch in batches:
+            if label == "handler_graphs":
+                ctx._send_intermediate = worker_like_send
+                reqs = [{"input_ids": p, "max_new_tokens": new} for p in prompts(batch, vocab)]
+                t_new = timed(lambda: handler.handle(reqs, ctx), reps)
+                rec = handler.handle(reqs, ctx)[0]["timing"]
+                results[f"handler_graphs+encode b{batch}"] = {
+                    "T_new_s": t_new, "tok_per_s": batch * new / t_new,
+                    "inside_ms_per_step": rec["inside_s"] / rec["steps"] * 1e3,
+                    "outside_ms_per_step": rec["outside_s"] / max(1, rec["steps"] - 1) * 1e3}
+                ctx._send_intermediate = None
             reqs = [{"input_ids": p, "max_new_tokens": new} for p in prompts(batch, vocab)]
             one = [{"input_ids": p, "max_new_tokens": 1} for p in prompts(batch, vocab)]
             outs = []
@@ -148,6 +167,8 @@ def bench_bare(model_dir: Path, batches, new: int, reps: int, results: dict) -> 
             t_one = timed(lambda: handler.handle(one, ctx), reps)
             assert all(len(a["token_ids"]) == new for a in outs[-1])
             results[f"{label} b{batch}"] = summarize(t_new, t_one, batch, new)
+            rec = outs[-1][0]["timing"]
+            results[f"{label} b{batch}"]["inside_ms_per_step"] = rec["inside_s"] / rec["steps"] * 1e3
             print(label, batch, json.dumps(results[f"{label} b{batch}"]), flush=True)
         if label == "handler_graphs":
             runner = handler.runner
@@ -223,14 +244,23 @@ def bench_server(model_dir: Path, root: Path, batches, new: int, reps: int, resu
         config = {"deviceType": "gpu" if DEVICE.startswith("cuda") else "cpu", "minWorkers": 1, "maxWorkers": 1, "batchSize": max(batches),
                   "responseTimeout": 300, "torchrun": {"nproc-per-node": 1}}
         t0 = time.perf_counter()
-        described = client.deploy("bench", model_dir=str(model_dir), config=config, wait=True)
+        handler_file = root / "timing_handler.py"
+        handler_file.write_text((Path(__file__).with_name("timing_handler.py")).read_text())
+        described = client.deploy("bench", handler=str(handler_file), model_dir=str(model_dir), config=config,
+                                  wait=True)
         results["server_deploy_s"] = time.perf_counter() - t0
         results["server_worker_devices"] = [w.get("devices") for w in described.get("workers", [])]
         assert described["state"] == "ready", server.log_path.read_text()
 
+        timings: dict = {}
+
         def one_request(n):
             req = {"input_ids": prompts(1, vocab)[0], "max_new_tokens": n}
-            return lambda: client.predict("bench", req)
+
+            def run():
+                answer = client.predict("bench", req)
+                timings.setdefault(("b1", n), []).append(answer["timing"])
+            return run
 
         pool = concurrent.futures.ThreadPoolExecutor(max(batches) + 1)
 
@@ -253,6 +283,7 @@ def bench_server(model_dir: Path, root: Path, batches, new: int, reps: int, resu
             t_block = time.perf_counter()
             answers = [f.result() for f in futures]
             assert all(len(a["token_ids"]) == n for a in answers)
+            timings.setdefault((f"b{batch}", n), []).append(answers[0]["timing"])
             after = batch_sizes(client, "bench")
             return max(done_at.values()) - t_block, (after[0] - before[0], after[1] - before[1] - 0)
 
@@ -271,6 +302,12 @@ def bench_server(model_dir: Path, root: Path, batches, new: int, reps: int, resu
                 results[f"server b{batch}"]["batches_seen"] = [r[1] for r in rounds_new]
             print("server", batch, json.dumps(results[f"server b{batch}"]), flush=True)
 
+        for (label, n), recs in timings.items():
+            if n == new:
+                rec = recs[-1]
+                results[f"server_worker_split {label}"] = {
+                    "steps": rec["steps"], "inside_ms_per_step": rec["inside_s"] / rec["steps"] * 1e3,
+                    "outside_ms_per_step": rec["outside_s"] / max(1, rec["steps"] - 1) * 1e3}
         # 16 requests at once to an idle worker: the engine sends the first alone (idle worker)
         if max(batches) > 1:
             batch = max(batches)
@@ -327,16 +364,22 @@ def environment() -> dict:
 
 def table(results: dict, batches, new: int) -> str:
     lines = [f"| path | batch | ms/step | tok/s (T for {new} new tokens) |", "| --- | --- | --- | --- |"]
-    for path in ("hf_generate", "eager_loop", "graph_replay", "handler_eager", "handler_graphs", "server"):
+    for path in ("hf_generate", "eager_loop", "graph_replay", "handler_eager", "handler_graphs", "handler_graphs+encode",
+                 "server"):
         for b in batches:
             r = results.get(f"{path} b{b}")
             if r:
                 tps = f"{r['tok_per_s']:.0f} ({r['T_new_s'] * 1e3:.1f} ms)" if "tok_per_s" in r else "-"
-                lines.append(f"| {path} | {b} | {r['ms_per_step']:.3f} | {tps} |")
+                step = f"{r['ms_per_step']:.3f}" if "ms_per_step" in r else "-"
+                lines.append(f"| {path} | {b} | {step} | {tps} |")
     burst = [k for k in results if k.startswith("server_burst")]
     for k in burst:
         r = results[k]
         lines.append(f"| {k} (idle worker, 16 at once) | {k[12:]} | - | {r['tok_per_s']:.0f} ({r['T_new_s'] * 1e3:.1f} ms) |")
+    for key in sorted(k for k in results if isinstance(results[k], dict) and "inside_ms_per_step" in results[k]):
+        r = results[key]
+        lines.append(f"<!-- {key}: inside {r['inside_ms_per_step']:.3f} ms/step"
+                     + (f", outside {r['outside_ms_per_step']:.3f} ms/step" if "outside_ms_per_step" in r else "") + " -->")
     return "\n".join(lines)
 
 

@@ -37,8 +37,8 @@ fi
 echo "== gpu tests ($(left)s left)"
 timeout 170 python3 -m pytest tests/gpu/test_graphs.py tests/gpu/test_serve_gpu.py -q -rs -p no:cacheprovider > "$OUT/gpu_tests.log" 2>&1
 echo "gpu tests rc=$?"; tail -25 "$OUT/gpu_tests.log"
-timeout 60 python3 -m pytest tests/parallel/test_single.py -k gpu -q -rs -p no:cacheprovider > "$OUT/parallel_gpu.log" 2>&1
-echo "parallel gpu rc=$?"; tail -4 "$OUT/parallel_gpu.log"
+timeout 60 python3 -m pytest tests/parallel/test_single.py -k gpu -q -rs -p no:cacheprovider > /tmp/parallel_gpu.log 2>&1
+echo "parallel gpu rc=$?"; tail -4 /tmp/parallel_gpu.log; cat /tmp/parallel_gpu.log >> "$OUT/gpu_tests.log"
 
 if [ "${SKIP_DS:-0}" != 1 ]; then
   echo "== deepspeed ($(left)s left)"
@@ -47,5 +47,11 @@ if [ "${SKIP_DS:-0}" != 1 ]; then
   L=$(left)
   [ "$L" -gt 30 ] && timeout $((L - 5)) python3 -m pytest tests/gpu/test_deepspeed.py -q -rs -p no:cacheprovider > "$OUT/ds_tests.log" 2>&1
   echo "ds tests rc=$?"; tail -30 "$OUT/ds_tests.log"
+fi
+L=$(left)
+if [ "${SKIP_PROBE:-0}" != 1 ] && [ "$L" -gt 100 ]; then
+  echo "== compile probe ($L s left)"
+  timeout $((L - 10)) python3 benchmarks/gpu/compile_probe.py > "$OUT/probe.log" 2>&1
+  echo "probe rc=$?"; grep -v Warning "$OUT/probe.log" | tail -8
 fi
 echo "done in $((SECONDS - T0))s"

@@ -53,9 +53,24 @@ def test_init_inference_tp1_without_injection_equals_generate(models, tmp_path, 
 @pytest.mark.timeout(590)
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_kernel_injection(models, tmp_path, monkeypatch, family):
-    """Needs DeepSpeed's transformer_inference op, JIT-built with nvcc on first use (minutes)."""
+    """Needs DeepSpeed's transformer_inference op, JIT-built with nvcc on first use (about a minute).
+
+    The op builds once TORCH_CUDA_ARCH_LIST's '9.0a' is rewritten (it failed with
+    "invalid literal for int() with base 10: '0a'" before). With DeepSpeed 0.19.8 and
+    transformers 5.x the injected layers still do not run (GPT-2: the block's calling
+    convention; GQA Llama: fused qkv of unequal sizes): then initialize must fail at once,
+    naming the cause and the way out, and this test is an expected failure.
+    """
+    from lmjupyter.handlers.parallel.deepspeed import DeepSpeedUnavailable
+
     model_dir = ds_model(models[family], tmp_path / family, inject=True)
-    handler, ctx = in_process(model_dir, monkeypatch)
+    try:
+        handler, ctx = in_process(model_dir, monkeypatch)
+    except DeepSpeedUnavailable as exc:
+        message = str(exc)
+        assert "invalid literal for int()" not in message, message
+        assert "replace_with_kernel_inject" in message and "false" in message, message
+        pytest.xfail(message[:400])
     answers = handler.handle(BATCH, ctx)
     expected = gpu_generate(models[family])
     got = [a["token_ids"] for a in answers]

@@ -92,5 +92,46 @@ def load_deepspeed(ctx, dtype):
         print(f"lmjupyter: TORCH_CUDA_ARCH_LIST {os.environ['TORCH_CUDA_ARCH_LIST']!r} -> {arch!r} "
               "for DeepSpeed's op builder (it cannot parse arch suffixes such as '9.0a')", flush=True)
         os.environ["TORCH_CUDA_ARCH_LIST"] = arch
-    engine = deepspeed.init_inference(model, config=config)
-    return engine.module
+    inject = bool(config.get("replace_with_kernel_inject"))
+    try:
+        engine = deepspeed.init_inference(model, config=config)
+    except Exception as exc:
+        if not inject:
+            raise
+        raise DeepSpeedUnavailable(_injection_failed("init_inference", exc, config)) from exc
+    module = engine.module
+    if inject:
+        # injected layers replace the family's own blocks: run one token now, so that a
+        # layer that does not fit this transformers version fails the deploy, not a request
+        try:
+            _smoke_forward(module, ctx.device)
+        except Exception as exc:
+            raise DeepSpeedUnavailable(_injection_failed("a first forward", exc, config)) from exc
+    return module
+
+
+def _smoke_forward(module, device) -> None:
+    import torch
+
+    from lmjupyter.handlers.parallel.generation import ModelRunner
+
+    runner = ModelRunner(module, device)
+    runner.start(1)
+    try:
+        ids = torch.zeros((1, 2), dtype=torch.long, device=device)
+        runner.forward(ids, torch.ones_like(ids), torch.arange(2, device=device)[None, :])
+    finally:
+        runner.finish()
+
+
+def _injection_failed(where: str, exc: BaseException, config: dict) -> str:
+    import deepspeed
+    import transformers
+
+    return (f"deepspeed: replace_with_kernel_inject failed in {where}: {type(exc).__name__}: {exc}. "
+            f"DeepSpeed {deepspeed.__version__}'s inference kernels replace whole decoder layers and expect "
+            f"the layer calling convention of transformers 4.x (tuples for past key values, multi-head qkv of "
+            f"equal sizes); transformers {transformers.__version__} calls them differently "
+            "(RESULTS-gpu.md in benchmarks/gpu has the measured cases). "
+            'Deploy with "replace_with_kernel_inject": false in the ds config (DeepSpeed\'s automatic tensor '
+            "parallelism, which works), or with parallelType tp.")

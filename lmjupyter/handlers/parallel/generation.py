@@ -100,9 +100,8 @@ def generate(runner, requests: list[Request], pad_id: int, eos_ids: set[int], ra
         reserve(ids.shape[1] + max(r.max_new_tokens for r in requests))
     runner.start(n)
     try:
-        step_ids = ids
+        logits = runner.forward(ids, mask, positions)
         while True:
-            logits = runner.forward(step_ids, mask, positions)
             next_ids = torch.empty(n, dtype=torch.long, device=device)
             if rank == runner.decider_rank:
                 next_ids.copy_(_pick(logits, temps, sampling=sampling))
@@ -116,11 +115,14 @@ def generate(runner, requests: list[Request], pad_id: int, eos_ids: set[int], ra
                 outputs[i].append(tok)
                 partial.append(tok)
                 done[i] = tok in eos_ids or len(outputs[i]) >= requests[i].max_new_tokens
-            yield partial, list(done)
             if all(done):
+                yield partial, list(done)
                 return outputs
-            step_ids = next_ids[:, None]
+            # Start the next step before handing these tokens out: on a GPU it runs while
+            # the consumer detokenizes and streams them (same steps, same order on every rank).
             mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=device)], dim=1)
             positions = positions[:, -1:] + 1
+            logits = runner.forward(next_ids[:, None], mask, positions)
+            yield partial, list(done)
     finally:
         runner.finish()
