@@ -18,6 +18,7 @@ import tornado.web
 from tornado.log import access_log
 
 from lmjupyter.engine.engine import Engine, EngineSettings
+from lmjupyter.server import fast_predict
 from lmjupyter.server.api import route_table
 
 
@@ -38,8 +39,9 @@ class TokenAuthHandler(tornado.web.RequestHandler):
 
 
 def make_app(engine: Engine, token: str) -> tornado.web.Application:
-    return tornado.web.Application(route_table("/", TokenAuthHandler), log_function=log_request,
-                                   lmserve_engine=engine, lmserve_token=token)
+    """The route table behind the token; plain predict requests take the fast path (fast_predict.py)."""
+    return fast_predict.Application(route_table("/", TokenAuthHandler), log_function=log_request,
+                                    lmserve_engine=engine, lmserve_token=token)
 
 
 def log_request(handler: tornado.web.RequestHandler) -> None:
