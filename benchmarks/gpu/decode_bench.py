@@ -18,12 +18,19 @@ B * new / T(new). Paths:
 - ``eager_loop``: a bare loop of ``model(...)`` + argmax on a DynamicCache, no host sync.
 - ``graph_replay``: the captured decode step of the handler's runner replayed alone
   (no Python per step): the floor of the CUDA-graph path.
-- ``handler_eager`` / ``handler_graphs``: ``CausalLMHandler.handle`` in this process
-  (``handler.cuda_graphs`` false / default), tokenization and per-step text included.
+- ``handler_eager`` / ``handler_graphs``: the built-in handler's ``handle`` in this process
+  (``handler.cuda_graphs`` false / default), tokenization and per-step text included; run
+  as ``timing_handler.TimedCausalLM`` (the same handler plus two clocks per step).
+- ``handler_graphs+encode``: the same, with a per-step partial sender that encodes like the
+  worker does (JSON per request, pickled frame), minus the socket.
 - ``server``: POST predict to ``lmjupyter serve``. B=1: one request at a time. B=16: a
   blocker request occupies the worker, the 16 requests arrive meanwhile and are taken as
   one batch (checked through /metrics); T is the last of the 16 answers minus the
   blocker's answer. ``server_burst16``: 16 requests sent at once to an idle worker.
+  The server runs ``timing_handler.TimedCausalLM``, so ``server_worker_split`` tells the time
+  per step inside the handler and in the worker between steps (sending partials).
+
+Results and their reading: ``benchmarks/gpu/RESULTS-gpu.md``.
 """
 from __future__ import annotations
 
