@@ -34,6 +34,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from lmjupyter.procs import pid_alive
+
 ENV_URL, ENV_TOKEN, ENV_SERVER_PID = "LMJUPYTER_URL", "LMJUPYTER_TOKEN", "LMJUPYTER_SERVER_PID"
 PRIVATE_START_TIMEOUT = 60.0
 PROBE_TIMEOUT = 10.0
@@ -123,7 +125,7 @@ def _from_extension(environ, notes: list[str]) -> Connection | None:
     url, pid = environ.get(ENV_URL), environ.get(ENV_SERVER_PID)
     if not (url and pid):
         return None
-    if not pid.isdigit() or not _alive(int(pid)):
+    if not pid.isdigit() or not pid_alive(int(pid)):
         notes.append(f"{ENV_SERVER_PID}={pid} names a Jupyter server that is gone")
         return None
     detail = f"Jupyter server pid {pid}" + (", this kernel's parent" if int(pid) == os.getppid() else "")
@@ -219,16 +221,6 @@ def _read(path: str) -> str:
             return f.read()
     except OSError:
         return ""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _slash(url: str) -> str:

@@ -11,6 +11,7 @@ import time
 from contextlib import contextmanager
 
 from lmjupyter.client import Client
+from lmjupyter.procs import pid_alive
 
 HANDLERS = os.path.join(os.path.dirname(__file__), "handlers")
 
@@ -68,11 +69,7 @@ def handler_path(name: str) -> str:
 
 def alive(pid: int) -> bool:
     """True while the process exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    return pid_alive(pid)
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.05, message: str = "condition"):

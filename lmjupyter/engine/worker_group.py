@@ -21,6 +21,7 @@ from typing import Any, Callable
 from lmjupyter import ipc
 from lmjupyter.engine.request import PendingRequest, RequestFailed
 from lmjupyter.engine.states import WorkerState
+from lmjupyter.procs import pid_alive
 
 
 class WorkerStartError(RuntimeError):
@@ -405,20 +406,5 @@ def _resolve(future: asyncio.Future, value) -> None:
 async def _wait_gone(pids: list[int], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     for pid in pids:
-        while _alive(pid) and time.monotonic() < deadline:
+        while pid_alive(pid) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie whose parent (torchrun) is gone is reaped by init soon; treat zombies as gone
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False

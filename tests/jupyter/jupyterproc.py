@@ -20,6 +20,8 @@ from pathlib import Path
 import nbformat
 import requests
 
+from serverproc import alive, wait_until  # noqa: F401  (re-exported for the Jupyter tests)
+
 TOKEN = "jupyter-test-token"
 
 
@@ -195,20 +197,3 @@ def outputs_text(cell) -> str:
     return "\n".join(parts)
 
 
-def alive(pid: int) -> bool:
-    """True while the process exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def wait_until(predicate, timeout: float, interval: float = 0.1, message: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
