@@ -3,9 +3,12 @@
 Requests go straight to an idle worker when there is one, so an idle server adds
 no batching delay; while every worker is busy they wait in a bounded queue, and
 the next worker to finish takes up to ``batchSize`` of them at once. Batches
-therefore form exactly when they pay off. (TorchServe instead holds every batch
-open for ``maxBatchDelay``; here that key bounds nothing and is kept for
-compatibility.)
+therefore form exactly when they pay off. Under load (the last batch held more
+than one request) a request that finds a worker idle waits for the end of the
+current event-loop turn, so that the others that arrived with it join its batch:
+microseconds, against ~80 us of server CPU per batch (benchmarks/RESULTS.md).
+(TorchServe instead holds every batch open for ``maxBatchDelay``; here that key
+bounds nothing and is kept for compatibility.)
 """
 from __future__ import annotations
 
@@ -51,6 +54,8 @@ class ServedModel:
         self._idle: list[WorkerGroup] = []
         self._failures: dict[int, int] = {}
         self._tasks: set[asyncio.Task] = set()
+        self._last_batch = 0       # size of the batch dispatched last: > 1 means under load
+        self._pump_soon = False    # a _pump is scheduled for the end of this event-loop turn
 
     # ---- requests ---------------------------------------------------------------------------
     def submit(self, payload: bytes, content_type: str, stream: bool = False) -> PendingRequest:
@@ -67,8 +72,17 @@ class ServedModel:
         request = PendingRequest(payload, content_type, loop.create_future(),
                                  asyncio.Queue() if stream else None)
         self._queue.append(request)
-        self._pump()
+        if self._last_batch > 1 and self._idle and not self.config.useJobTicket:
+            if not self._pump_soon:
+                self._pump_soon = True
+                loop.call_soon(self._deferred_pump)
+        else:
+            self._pump()
         return request
+
+    def _deferred_pump(self) -> None:
+        self._pump_soon = False
+        self._pump()
 
     def _pump(self) -> None:
         """Give queued requests to idle workers, up to batchSize each."""
@@ -77,6 +91,7 @@ class ServedModel:
             if not batch:
                 return
             worker = self._idle.pop()
+            self._last_batch = len(batch)
             self.metrics.batch(len(batch))
             worker.dispatch(batch, self.config.responseTimeout)
         self.metrics.queue_depth(len(self._queue))
