@@ -56,13 +56,16 @@ TARGETS = {
 class Server:
     """``lmjupyter serve`` in a subprocess, with a scratch working directory."""
 
-    def __init__(self, workdir: str, *extra: str):
+    def __init__(self, workdir: str, *extra: str, package_root: str | None = None):
+        """``package_root``: a folder holding another ``lmjupyter`` package to run instead (ab.py)."""
         self.log_path = os.path.join(workdir, f"server-{time.monotonic_ns()}.log")
         self._log = open(self.log_path, "wb")
         cmd = [sys.executable, "-m", "lmjupyter.cli", "serve", "--port", "0", "--token", TOKEN,
                "--allow-root", HERE, "--allow-root", workdir, *extra]
-        self.proc = subprocess.Popen(cmd, cwd=workdir, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if package_root:
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+        self.proc = subprocess.Popen(cmd, cwd=workdir, stdout=self._log, stderr=subprocess.STDOUT, env=env)
         self.url = self._wait_for_url()
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"token {TOKEN}"
@@ -73,6 +76,8 @@ class Server:
             text = open(self.log_path, encoding="utf-8", errors="replace").read()
             match = re.search(r"serving at (http://\S+)", text)
             if match:
+                loop = re.search(r"event loop: (\w+)", text)
+                self.loop = loop.group(1) if loop else "asyncio"  # servers before --loop ran asyncio's
                 return match.group(1)
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{text}")
@@ -300,13 +305,17 @@ def cold_starts(server: Server, label: str, config: dict, reps: int, spares: boo
         deployed = time.perf_counter()
         server.predict("cold")
         answered = time.perf_counter()
+        if rep == reps:
+            if spares:
+                server.wait_spares_ready()
+            mem = memory(server, ["cold"])
         server.undeploy("cold")
         if rep:  # the first round warms the page cache (and teaches the spare pool this shape)
             times.append(answered - started)
             ready.append(deployed - started)
         print(f"  {label:<22} {'warm-up' if not rep else f'rep {rep}/{reps}'}: deploy {deployed - started:.3f} s, "
               f"first answer {answered - started:.3f} s", flush=True)
-    return {"s": statistics.median(times), "deploy_s": statistics.median(ready), "runs": times}
+    return {"s": statistics.median(times), "deploy_s": statistics.median(ready), "runs": times, "memory": mem}
 
 
 COLD_SHAPES = [
@@ -343,9 +352,13 @@ def memory(server: Server, models: list[str]) -> dict:
     for name in models:
         for worker in server.call("GET", f"models/{name}")["workers"]:
             for rank in worker["ranks"]:
-                out[f"{name} rank {rank['rank']}"] = mem(rank["pid"])
+                out[f"{name} w{worker['id']} rank {rank['rank']}"] = mem(rank["pid"])
                 agent = psutil.Process(rank["pid"]).parent()
-                out[f"{name} torchrun agent"] = mem(agent.pid)
+                out[f"{name} w{worker['id']} torchrun agent"] = mem(agent.pid)
+    for number, spare in enumerate((server.health().get("warm_spares") or {}).get("spares", []), 1):
+        for rank, pid in enumerate(spare["pids"]):
+            out[f"spare {number} rank {rank}"] = mem(pid)
+        out[f"spare {number} torchrun agent"] = mem(spare["torchrun_pid"])
     return out
 
 
@@ -368,11 +381,11 @@ def versions() -> dict:
                   if line.startswith("Model name")), platform.processor())
     try:
         import uvloop
-        loop = f"uvloop {uvloop.__version__} (lmjupyter serve --loop auto)"
+        uvloop_version = uvloop.__version__
     except ImportError:
-        loop = "asyncio (uvloop not installed)"
+        uvloop_version = "not installed"
     return {"load_generator": (wrk[0] if wrk else "wrk ?") + ", 1 thread, benchmarks/post.lua",
-            "event_loop": loop, "lmjupyter": lmjupyter.__version__,
+            "uvloop": uvloop_version, "lmjupyter": lmjupyter.__version__,
             "commit": cmd("git", "-C", HERE, "rev-parse", "--short", "HEAD"),
             "python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "tornado": tornado.version,
@@ -393,6 +406,9 @@ def table(results: dict) -> str:
         if label.startswith("cold"):
             lines.append(f"| {label} | {r['s']:.2f} | {r['deploy_s']:.2f} | {target_text(label)} |")
     rss = {k: v for key in ("echo", "gpt2") for k, v in results.get(f"_{key}_rss", {}).items()}
+    for label in ("cold 1x1 --warm-spares 1", "cold 1x2"):
+        rss.update({f"{k} ({label})": v for k, v in results.get(label, {}).get("memory", {}).items()
+                    if k != "server"})
     if rss:
         lines += ["", "| process | RSS MiB | USS MiB |", "| --- | ---: | ---: |"]
         lines += [f"| {k} | {v['rss_mb']:.0f} | {v['uss_mb']:.0f} |" for k, v in rss.items()]
@@ -439,6 +455,8 @@ def main(argv=None) -> int:
     try:
         if only & {"echo", "gpt2"}:
             server = Server(workdir)
+            info["server_event_loop"] = server.loop
+            print(f"server event loop: {server.loop}", flush=True)
             try:
                 if "echo" in only:
                     print("echo handler", flush=True)
