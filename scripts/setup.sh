@@ -29,5 +29,6 @@ fi
 
 echo "==> installing lmjupyter with its jupyter and test extras (builds the JupyterLab panel with npm)"
 python -m pip install -q -e ".[jupyter,test]"
-jupyter server extension list 2>&1 | grep -q "lmjupyter.*enabled" || echo "warning: the lmjupyter server extension is not enabled" >&2
+extensions=$(jupyter server extension list 2>&1 || true)   # (grep -q would cut the pipe under pipefail)
+grep -q "lmjupyter.*enabled" <<<"$extensions" || echo "warning: the lmjupyter server extension is not enabled" >&2
 echo "==> ready: . .venv/bin/activate"
