@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import pytest
+from browser import require_browser  # tests/ui/browser.py; the page fixture is in conftest.py
 import requests
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -35,11 +36,6 @@ REPO = Path(__file__).resolve().parents[2]
 BUILT_EXTENSION = REPO / "lmjupyter" / "labextension"
 EXTENSION_NAME = "lmjupyter-labextension"
 ARTIFACTS = REPO / "test-artifacts"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
 BASE_URL = "/jl/"  # not "/": the panel must honour Jupyter's base_url
 TOKEN = "ui-test-token"
 
@@ -155,9 +151,7 @@ class JupyterLab:
 
 @pytest.fixture
 def lab(tmp_path):
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(f"no chromium at {CHROMIUM}")
-    pytest.importorskip("playwright.sync_api")
+    require_browser()
     server = JupyterLab(tmp_path)
     try:
         health = server.api("GET", "health")
@@ -175,24 +169,6 @@ def lab(tmp_path):
         server.stop()
         ARTIFACTS.mkdir(exist_ok=True)
         shutil.copy(server.log_path, ARTIFACTS / "labextension-jupyterlab.log")
-
-
-@pytest.fixture
-def page():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        context = browser.new_context(viewport={"width": 1400, "height": 900})
-        page = context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.console_errors = errors
-        try:
-            yield page
-        finally:
-            context.close()
-            browser.close()
 
 
 def _run_command(page, label: str) -> None:

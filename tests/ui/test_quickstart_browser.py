@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from browser import require_browser  # tests/ui/browser.py; the page fixture is in conftest.py
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "jupyter"))  # the shared Jupyter test harness
 from jupyterproc import JupyterServer  # noqa: E402
@@ -26,17 +27,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(360)]
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 RUN_TIMEOUT_MS = 240_000
 
 
 @pytest.fixture
 def lab(tmp_path):
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(f"no chromium at {CHROMIUM} (CI installs Debian's chromium package)")
-    pytest.importorskip("playwright.sync_api")
+    require_browser()
     server = JupyterServer(
         tmp_path, app="jupyterlab",
         args=(f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}", "--LabApp.expose_app_in_browser=True",
@@ -54,21 +50,6 @@ def lab(tmp_path):
             server.stop()
             ARTIFACTS.mkdir(exist_ok=True)
             shutil.copy(server.log_path, ARTIFACTS / "quickstart-jupyterlab.log")
-
-
-@pytest.fixture
-def page():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        context = browser.new_context(viewport={"width": 1400, "height": 1000})
-        page = context.new_page()
-        try:
-            yield page
-        finally:
-            context.close()
-            browser.close()
 
 
 def _notebook_js(page, body: str, arg=None):
