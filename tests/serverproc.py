@@ -44,13 +44,7 @@ class ServerProcess:
         return open(self.log_path, encoding="utf-8", errors="replace").read()
 
     def stop(self, sig=signal.SIGTERM, timeout: float = 30) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, sig, timeout)
         self._log.close()
 
 
@@ -61,6 +55,17 @@ def running_server(root: str, *args: str, **kwargs):
         yield server
     finally:
         server.stop()
+
+
+def stop_process(proc: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 30) -> None:
+    """Send ``sig``; SIGKILL if the process has not exited within ``timeout`` seconds."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def handler_path(name: str) -> str:

@@ -32,12 +32,6 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def models(tmp_path_factory):
-    from lmjupyter.models.tiny import build_tiny_gpt2, build_tiny_llama
+    from tinyset import build_model_set
 
-    root = tmp_path_factory.mktemp("tiny-gpu")
-    return {
-        "llama": str(build_tiny_llama(root / "llama", num_layers=3, hidden=64, heads=4, kv_heads=2)),
-        "gpt2": str(build_tiny_gpt2(root / "gpt2", num_layers=3, hidden=64, heads=4, vocab=321)),
-        "llama_tied": str(build_tiny_llama(root / "llama_tied", num_layers=5, hidden=32, heads=4, kv_heads=2,
-                                           tie_word_embeddings=True, seed=1)),
-    }
+    return build_model_set(tmp_path_factory.mktemp("tiny-gpu"))

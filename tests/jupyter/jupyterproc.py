@@ -20,7 +20,7 @@ from pathlib import Path
 import nbformat
 import requests
 
-from serverproc import alive, wait_until  # noqa: F401  (re-exported for the Jupyter tests)
+from serverproc import alive, stop_process, wait_until  # noqa: F401  (alive, wait_until: re-exported)
 
 TOKEN = "jupyter-test-token"
 
@@ -80,17 +80,7 @@ class JupyterServer:
         return self.log_path.read_text(errors="replace")
 
     def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the Jupyter server exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if self.session.get(self.url + "api/status", timeout=2).status_code == 200:
-                    return
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("the Jupyter server did not answer in time:\n" + self.log())
+        wait_until_jupyter_answers(self, "the Jupyter server", timeout)
 
     def request(self, method: str, path: str, **kwargs) -> requests.Response:
         return self.session.request(method, self.url + path, timeout=kwargs.pop("timeout", 120), **kwargs)
@@ -108,13 +98,7 @@ class JupyterServer:
         return ServerKernel(self, session["id"], session["kernel"]["id"])
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, sig, timeout)
         self._log.close()
         return self.proc.returncode
 
@@ -197,3 +181,16 @@ def outputs_text(cell) -> str:
     return "\n".join(parts)
 
 
+def wait_until_jupyter_answers(server, what: str, timeout: float) -> None:
+    """Poll ``api/status`` of a started server (``proc``, ``session``, ``url``, ``log()``) until it answers."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {server.proc.returncode}:\n{server.log()}")
+        try:
+            if server.session.get(server.url + "api/status", timeout=2).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{what} did not answer in time:\n" + server.log())

@@ -11,7 +11,7 @@ import math
 import pytest
 from safetensors import safe_open
 
-from conftest import BATCH, MAX_NEW_TOKENS, run_ranks
+from ranks import BATCH, MAX_NEW_TOKENS, run_ranks
 
 MODES = {
     # id: (nproc, config, expected output rank)

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from conftest import BATCH, MAX_NEW_TOKENS
+from ranks import BATCH, MAX_NEW_TOKENS
 from serverproc import cpu_config, running_server
 
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import BATCH, MAX_NEW_TOKENS, REPO, hf_generate, request_ids
+from ranks import BATCH, MAX_NEW_TOKENS, REPO, hf_generate, request_ids
 from lmjupyter.handlers.causal_lm import CausalLMHandler
 from lmjupyter.worker.context import Context
 

@@ -22,12 +22,16 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
+
+from lmjupyter.procs import pid_alive
 from browser import require_browser  # tests/ui/browser.py; the page fixture is in conftest.py
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "jupyter"))  # the shared Jupyter test harness
+from jupyterproc import wait_until_jupyter_answers  # noqa: E402
 import requests
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -123,17 +127,7 @@ class JupyterLab:
         return self.log_path.read_text(errors="replace")
 
     def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"jupyter lab exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if self.session.get(self.url + "api/status", timeout=2).status_code == 200:
-                    return
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("jupyter lab did not answer in time:\n" + self.log())
+        wait_until_jupyter_answers(self, "jupyter lab", timeout)
 
     def api(self, method: str, path: str, **kwargs) -> requests.Response:
         return self.session.request(method, self.url + "lmserve/api/" + path, timeout=120, **kwargs)
@@ -198,14 +192,6 @@ def _open_lab(lab, page):
     return panel
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def test_panel_follows_deploy_scale_logs_undeploy(lab, page):
     from playwright.sync_api import expect
 
@@ -257,7 +243,7 @@ def test_panel_follows_deploy_scale_logs_undeploy(lab, page):
     described = lab.api("GET", "models/echo").json()
     assert len(described["workers"]) == 2
     pids = [r["pid"] for w in described["workers"] for r in w["ranks"]]
-    assert len(pids) == 4 and all(_alive(p) for p in pids)
+    assert len(pids) == 4 and all(pid_alive(p) for p in pids)
     page.screenshot(path=str(ARTIFACTS / "labextension-scaled.png"))
 
     # Logs of every rank in a main-area tab.
@@ -284,9 +270,9 @@ def test_panel_follows_deploy_scale_logs_undeploy(lab, page):
     expect(panel.locator(".jp-LmServe-empty")).to_be_visible()
     assert lab.api("GET", "models").json()["models"] == []
     deadline = time.monotonic() + 30
-    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+    while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not any(_alive(p) for p in pids), "rank processes outlived the undeploy"
+    assert not any(pid_alive(p) for p in pids), "rank processes outlived the undeploy"
     expect(panel.locator(".jp-LmServe-pollError")).to_have_count(0)
     page.screenshot(path=str(ARTIFACTS / "labextension-undeployed.png"))
 

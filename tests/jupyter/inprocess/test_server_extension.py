@@ -10,6 +10,8 @@ import shutil
 import time
 
 import pytest
+
+from lmjupyter.procs import pid_alive
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from lmjupyter.jupyter_server_ext import LMServe
@@ -45,18 +47,10 @@ def handler_file(jp_root_dir):
     return "echo_stream.py"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 async def _until_gone(pids, timeout=30.0):
     deadline = time.monotonic() + timeout
-    while any(_alive(p) for p in pids):
-        assert time.monotonic() < deadline, f"still alive: {[p for p in pids if _alive(p)]}"
+    while any(pid_alive(p) for p in pids):
+        assert time.monotonic() < deadline, f"still alive: {[p for p in pids if pid_alive(p)]}"
         await asyncio.sleep(0.1)
 
 
@@ -172,6 +166,6 @@ async def test_stop_extension_ends_every_worker(jp_fetch, jp_serverapp, handler_
     first = await _deploy(jp_fetch, handler_file, "one")
     second = await _deploy(jp_fetch, handler_file, "two")
     pids = _pids(first) + _pids(second)
-    assert len(pids) == 4 and all(_alive(p) for p in pids)
+    assert len(pids) == 4 and all(pid_alive(p) for p in pids)
     await jp_serverapp.extension_manager.stop_all_extensions()  # what server shutdown calls
     await _until_gone(pids, timeout=10)
