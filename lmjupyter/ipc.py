@@ -5,8 +5,12 @@ directory, so pickle is safe here and is the cheapest way to move request bytes
 without re-encoding them. Messages (tuples, first item the kind):
 
 server -> rank: ("batch", batch_id, [(payload: bytes, content_type: str), ...]) and ("stop",);
-                ("spec", {...}) to a warm spare's ranks when a deploy takes the group
-rank -> server: ("hello", rank, pid), ("spare_ready", rank), ("ready", rank, output_rank),
+                ("spec", {...}) to a warm spare's ranks when a deploy takes the group;
+                to the leader of a continuous-batching group: ("add", request_id, payload, content_type,
+                stream: bool) and ("cancel", request_id)
+rank -> server: ("hello", rank, pid), ("spare_ready", rank), ("ready", rank, output_rank[, {"slots": n}]),
+                ("events", [(kind, request_id, encoded), ...], stats) from a continuous-batching leader
+                (kind "partial" or "done"; stats {"running", "waiting", "generated"}),
                 ("init_failed", rank, message, traceback),
                 ("partial", batch_id, [(position, encoded), ...]), ("result", batch_id, [encoded...]),
                 ("error", batch_id, rank, message, traceback)
@@ -15,6 +19,7 @@ where an encoded item is (status: int, content_type: str, body: bytes).
 from __future__ import annotations
 
 import pickle
+import select
 import socket
 import struct
 
@@ -76,25 +81,55 @@ async def read_message(reader) -> tuple | None:
 
 
 class BlockingChannel:
-    """The rank's end: plain blocking socket I/O, no event loop in the rank."""
+    """The rank's end: plain blocking socket I/O, no event loop in the rank.
+
+    ``receive`` blocks for the next message; ``poll`` returns what has arrived
+    within ``timeout`` seconds without blocking longer (the continuous-batching
+    loop polls between decode steps). Both read through one frame decoder.
+    """
 
     def __init__(self, path: str):
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.connect(path)
-        self._file = self.sock.makefile("rb", buffering=1 << 16)
+        self._frames = FrameDecoder()
+        self._ready: list[tuple] = []
+        self.closed = False
 
     def send(self, message: tuple) -> None:
         self.sock.sendall(pack(message))
 
     def receive(self) -> tuple | None:
-        header = self._file.read(HEADER.size)
-        if len(header) < HEADER.size:
+        while not self._ready:
+            if not self._read_some(None):
+                return None
+        return self._ready.pop(0)
+
+    def poll(self, timeout: float) -> list[tuple] | None:
+        """Messages that arrived within ``timeout`` s (maybe none); None once the server has gone."""
+        if not self._ready and not self.closed:
+            self._read_some(timeout)
+            while not self.closed and self._read_some(0.0):
+                pass
+        if not self._ready and self.closed:
             return None
-        (length,) = HEADER.unpack(header)
-        body = self._file.read(length)
-        if len(body) < length:
-            return None
-        return unpack(body)
+        messages, self._ready = self._ready, []
+        return messages
+
+    def _read_some(self, timeout: float | None) -> bool:
+        """Read what is there (waiting up to ``timeout``; None: forever); False if nothing came."""
+        if timeout is not None:
+            readable, _, _ = select.select([self.sock], [], [], timeout)
+            if not readable:
+                return False
+        try:
+            data = self.sock.recv(1 << 16)
+        except OSError:
+            data = b""
+        if not data:
+            self.closed = True
+            return False
+        self._ready.extend(self._frames.feed(data))
+        return True
 
     def close(self) -> None:
         try:

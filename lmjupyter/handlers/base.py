@@ -25,6 +25,18 @@ import inspect
 from typing import Any
 
 
+class RequestError(ValueError):
+    """Raise (or return as one request's answer) to refuse that request with 400.
+
+    ``param`` names the offending request field, so that clients (and the OpenAI
+    routes) can say which one was wrong.
+    """
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
 class BaseHandler:
     """Every rank of a worker group builds one instance and calls it on every batch."""
 

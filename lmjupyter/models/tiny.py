@@ -18,6 +18,11 @@ import os
 from pathlib import Path
 
 PAD, EOS, BOS = "<pad>", "<eos>", "<bos>"
+# A small chat template (saved in tokenizer_config.json) so that chat requests work on these models.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
 
 _TEXT = """\
 The quick brown fox jumps over the lazy dog. A model too large for one GPU is
@@ -48,6 +53,7 @@ def build_tokenizer(path: str | os.PathLike, vocab_size: int = 320):
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token=PAD, eos_token=EOS, bos_token=BOS, padding_side="left"
     )
+    fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(str(path))
     return fast
 

@@ -9,6 +9,8 @@ import json
 import traceback
 from typing import Any
 
+from lmjupyter.handlers.base import RequestError
+
 JSON = "application/json"
 BYTES = "application/octet-stream"
 
@@ -42,6 +44,8 @@ def encode_answer(answer: Any) -> tuple[int, str, bytes]:
         return 200, BYTES, bytes(answer)
     if isinstance(answer, BadRequestBody):
         return 400, JSON, _error_body(str(answer))
+    if isinstance(answer, RequestError):
+        return 400, JSON, _error_body(str(answer), param=answer.param)
     if isinstance(answer, BaseException):
         detail = "".join(traceback.format_exception(answer))
         return 500, JSON, _error_body(f"{type(answer).__name__}: {answer}", detail)
@@ -51,8 +55,10 @@ def encode_answer(answer: Any) -> tuple[int, str, bytes]:
         return 500, JSON, _error_body(f"handler answer is not JSON-serialisable: {exc}")
 
 
-def _error_body(message: str, traceback_text: str | None = None) -> bytes:
+def _error_body(message: str, traceback_text: str | None = None, param: str | None = None) -> bytes:
     error = {"message": message}
+    if param:
+        error["param"] = param
     if traceback_text:
         error["traceback"] = traceback_text
     return json.dumps({"error": error}).encode()

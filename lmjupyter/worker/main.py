@@ -62,6 +62,12 @@ def main(argv: list[str]) -> int:
         traceback.print_exc()
         return 1
     print(f"rank {rank}/{world_size} ready (pid {os.getpid()}, output rank {output_rank})", flush=True)
+    generation = getattr(handler, "generation", None)
+    if generation is not None:  # the handler batches continuously: requests join and leave at every step
+        from lmjupyter.worker.continuous import serve_continuous
+
+        channel.send(("ready", rank, output_rank, {"slots": generation.slots}))
+        return serve_continuous(channel, generation, ctx)
     channel.send(("ready", rank, output_rank))
     return serve(channel, handler, ctx, answers=(rank == output_rank))
 

@@ -1,0 +1,191 @@
+"""A compact decoder over the slot KV cache: one stage of layers (all of them for one rank).
+
+Plain PyTorch, gpt-fast style: every block is two fused matmuls in, two out, and
+the attention, so that what a decode step does can be read here in one sitting.
+Hugging Face's modelling code stays the reference: tests compare greedy tokens
+with ``generate`` (fp32) and logits within a tolerance (bf16).
+
+Two kinds of call share the blocks:
+
+* **decode** — one token for each of the cache rows ``0..rows-1`` (a row is a
+  slot), reading its token and position from the engine's device buffers; the
+  key/values are written at each row's position and attention reads the first
+  ``length`` positions of the rows' own cache, masked by position. No gathers, no
+  host values: the call can be captured in a CUDA graph per (rows, length).
+* **prefill** — ``T`` prompt tokens for each of a few slots (padded), written at
+  their positions; attention reads those slots' cache up to ``length``.
+
+With tensor parallelism each rank holds ``heads / tp`` heads and ``1/tp`` of the
+MLP; the block all-reduces after its attention and MLP outputs (``tp_group``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from lmjupyter.generation.cache import SlotCache
+from lmjupyter.generation.spec import DecoderSpec
+from lmjupyter.generation.weights import StageWeights
+
+
+@dataclass
+class StagePlace:
+    """Where this rank sits: its layers, whether it embeds or projects, its tp group."""
+
+    layer_range: tuple[int, int]
+    first: bool = True
+    last: bool = True
+    tp: int = 1
+    tp_index: int = 0
+    tp_group: object = None
+
+
+def rotary_tables(config, spec: DecoderSpec, length: int, device, dtype):
+    """cos/sin for positions 0..length-1, computed as Hugging Face's rotary embedding computes them."""
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    rotary = LlamaRotaryEmbedding(config=config)
+    inv_freq = rotary.inv_freq.float()
+    freqs = torch.arange(length, dtype=torch.float32)[:, None] * inv_freq[None, :]
+    angles = torch.cat([freqs, freqs], dim=-1)
+    scale = float(rotary.attention_scaling)
+    return ((angles.cos() * scale).to(device=device, dtype=dtype),
+            (angles.sin() * scale).to(device=device, dtype=dtype))
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class CompactDecoder:
+    def __init__(self, spec: DecoderSpec, weights: StageWeights, place: StagePlace, cache: SlotCache,
+                 rotary: tuple[torch.Tensor, torch.Tensor] | None):
+        self.spec, self.w, self.place, self.cache = spec, weights, place, cache
+        self.cos, self.sin = rotary if rotary is not None else (None, None)
+        tp = place.tp
+        self.q_heads, self.kv_heads = spec.heads // tp, spec.kv_heads // tp
+        self.q_size, self.kv_size = self.q_heads * spec.head_dim, self.kv_heads * spec.head_dim
+        self.group = self.q_heads // self.kv_heads
+        start, _ = place.layer_range
+        self.scales = [spec.attn_scale / (start + i + 1) if spec.scale_by_layer else spec.attn_scale
+                       for i in range(len(weights.layers))]
+
+    # ---- the two entry points -----------------------------------------------------------
+    @torch.no_grad()
+    def decode(self, x: torch.Tensor, pos: torch.Tensor, length: int) -> torch.Tensor:
+        """x: token ids [rows] (first stage) or hidden [rows, 1, H]; pos: [rows]. Logits [rows, V] or hidden."""
+        rows = pos.shape[0]
+        positions = pos[:, None]
+        keys = torch.arange(length, device=pos.device)
+        visible = keys[None, :] <= pos[:, None]                          # [rows, length]
+        mask = torch.zeros(visible.shape, dtype=self.cache.dtype, device=pos.device)
+        mask.masked_fill_(~visible, float("-inf"))
+        rows_index = torch.arange(rows, device=pos.device)
+
+        def attend(layer: int, q, k, v):
+            kc, vc = self.cache.k[layer], self.cache.v[layer]
+            kc[rows_index, :, pos] = k[:, 0]
+            vc[rows_index, :, pos] = v[:, 0]
+            q = q.view(rows, self.kv_heads, self.group, self.spec.head_dim)
+            scores = torch.matmul(q, kc[:rows, :, :length].transpose(-1, -2)) * self.scales[layer]
+            probs = (scores + mask[:, None, None, :]).float().softmax(-1).to(q.dtype)
+            out = torch.matmul(probs, vc[:rows, :, :length])             # [rows, kv, group, d]
+            return out.reshape(rows, 1, self.q_size)
+
+        hidden = self._embed(x[:, None], positions) if self.place.first else x
+        hidden = self._blocks(hidden, positions, attend)
+        return self._project(hidden[:, 0]) if self.place.last else hidden
+
+    @torch.no_grad()
+    def prefill(self, x: torch.Tensor, slots: torch.Tensor, pos: torch.Tensor, write_rows: torch.Tensor,
+                write_cols: torch.Tensor, length: int, last_cols: torch.Tensor | None) -> torch.Tensor:
+        """x: ids [n, T] or hidden [n, T, H]; slots [n]; pos [n, T] (padding repeats a valid position);
+        ``write_rows/cols`` index the real tokens; ``last_cols`` [n] picks each row's position for logits."""
+        n, width = pos.shape
+        keys = torch.arange(length, device=pos.device)
+        visible = keys[None, None, :] <= pos[:, :, None]                  # [n, T, length]
+        write_slots, write_pos = slots[write_rows], pos[write_rows, write_cols]
+
+        def attend(layer: int, q, k, v):
+            kc, vc = self.cache.k[layer], self.cache.v[layer]
+            kc[write_slots, :, write_pos] = k[write_rows, write_cols]
+            vc[write_slots, :, write_pos] = v[write_rows, write_cols]
+            out = F.scaled_dot_product_attention(
+                q.transpose(1, 2), kc[slots, :, :length], vc[slots, :, :length], attn_mask=visible[:, None],
+                scale=self.scales[layer], enable_gqa=self.group > 1)
+            return out.transpose(1, 2).reshape(n, width, self.q_size)
+
+        hidden = self._embed(x, pos) if self.place.first else x
+        hidden = self._blocks(hidden, pos, attend)
+        if not self.place.last:
+            return hidden
+        return self._project(hidden[torch.arange(n, device=pos.device), last_cols])
+
+    # ---- the pieces ------------------------------------------------------------------------
+    def _embed(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        hidden = F.embedding(ids, self.w.embed)
+        if self.w.positions is not None:
+            hidden = hidden + F.embedding(positions, self.w.positions)
+        return hidden
+
+    def _blocks(self, hidden: torch.Tensor, positions: torch.Tensor, attend) -> torch.Tensor:
+        rotary = None
+        if self.cos is not None:
+            rotary = self.cos[positions][:, :, None, :], self.sin[positions][:, :, None, :]
+        for i, layer in enumerate(self.w.layers):
+            hidden = self._block(i, layer, hidden, rotary, attend)
+        return hidden
+
+    def _block(self, i: int, w, hidden, rotary, attend):
+        n, width = hidden.shape[:2]
+        d = self.spec.head_dim
+        h = self._norm(hidden, w.norm1, w.norm1_bias)
+        q, k, v = F.linear(h, w.qkv, w.qkv_bias).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.view(n, width, self.q_heads, d)
+        k = k.view(n, width, self.kv_heads, d)
+        v = v.view(n, width, self.kv_heads, d)
+        if rotary is not None:
+            cos, sin = rotary
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
+        out = self._reduce(F.linear(attend(i, q, k, v), w.o))
+        if w.o_bias is not None:
+            out = out + w.o_bias
+        hidden = hidden + out
+        h = self._norm(hidden, w.norm2, w.norm2_bias)
+        if self.spec.llama_like:
+            gate, up = F.linear(h, w.up).chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        else:
+            h = F.gelu(F.linear(h, w.up, w.up_bias), approximate="tanh")
+        out = self._reduce(F.linear(h, w.down))
+        if w.down_bias is not None:
+            out = out + w.down_bias
+        return hidden + out
+
+    def _norm(self, x, weight, bias):
+        if self.spec.llama_like:  # RMSNorm in float32, as Hugging Face computes it
+            x32 = x.float()
+            x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.spec.norm_eps)
+            return weight * x32.to(x.dtype)
+        return F.layer_norm(x, (x.shape[-1],), weight, bias, self.spec.norm_eps)
+
+    def _reduce(self, x: torch.Tensor) -> torch.Tensor:
+        if self.place.tp > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(x, group=self.place.tp_group)
+        return x
+
+    def _project(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = F.linear(self._norm(hidden, self.w.norm, self.w.norm_bias), self.w.head)
+        if self.place.tp > 1:
+            import torch.distributed as dist
+
+            shards = [torch.empty_like(logits) for _ in range(self.place.tp)]
+            dist.all_gather(shards, logits.contiguous(), group=self.place.tp_group)
+            logits = torch.cat(shards, dim=-1)
+        return logits[..., : self.spec.vocab]
