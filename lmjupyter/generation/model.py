@@ -126,7 +126,14 @@ class CompactDecoder:
 
     # ---- the pieces ------------------------------------------------------------------------
     def _embed(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        hidden = F.embedding(ids, self.w.embed)
+        if self.place.tp > 1:  # this rank's vocabulary rows; the others' lookups are summed in
+            shard = self.w.embed.shape[0]
+            local = ids - self.place.tp_index * shard
+            inside = (local >= 0) & (local < shard)
+            hidden = F.embedding(local.clamp(0, shard - 1), self.w.embed) * inside[..., None].to(self.w.embed.dtype)
+            hidden = self._reduce(hidden)
+        else:
+            hidden = F.embedding(ids, self.w.embed)
         if self.w.positions is not None:
             hidden = hidden + F.embedding(positions, self.w.positions)
         return hidden
