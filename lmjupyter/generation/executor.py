@@ -84,13 +84,18 @@ class HostBuffers:
 
 class StepExecutor:
     def __init__(self, model: CompactDecoder, place: GroupPlace, device, slots: int, hidden: int, dtype,
-                 graphs: bool = False, slot_settings=None):
+                 graphs: bool = False, compile: bool = False, slot_settings=None):
         self.model, self.place = model, place
         self.device, self.slots, self.hidden, self.dtype = torch.device(device), slots, hidden, dtype
         self.last_token = torch.zeros(slots, dtype=torch.long, device=self.device)
         self.position = torch.zeros(slots, dtype=torch.long, device=self.device)
         self.slot_settings = slot_settings if slot_settings is not None else {}
-        self.graphs = DecodeGraphs(self._decode_forward) if graphs else None
+        forward = self._decode_forward
+        if compile:   # inductor fuses the small kernels of a block; one compile, dynamic in rows and length
+            forward = torch.compile(forward, dynamic=True)
+        self.forward = forward
+        self.graphs = DecodeGraphs(forward) if graphs else None
+        self.last_plan: StepPlan | None = None
         self._sampling: tuple | None = None  # (request ids of the decode rows, their BatchSampling)
         self._active: tuple | None = None    # ((rows, active slots), device mask)
         self.host_buffers = HostBuffers(slots) if self.device.type == "cuda" and place.is_decider else None
@@ -98,6 +103,7 @@ class StepExecutor:
     # ---- one step --------------------------------------------------------------------------
     def run(self, plan: StepPlan, logprobs: int | None = None) -> StepOutput | None:
         """Execute ``plan``; ``logprobs`` (decider) is the most alternatives any row asked for, or None."""
+        self.last_plan = plan
         out = StepOutput() if self.place.is_decider else None
         first = self._prefill(plan.chunks, out, logprobs) if plan.chunks else None
         decoded = self._decode(plan, out, logprobs) if plan.active else None
@@ -163,7 +169,7 @@ class StepExecutor:
         if self.graphs is not None:
             result = self.graphs.run(plan.rows, plan.length)
         else:
-            result = self._decode_forward(plan.rows, plan.length)
+            result = self.forward(plan.rows, plan.length)
         if not self.model.place.last:
             self._send(result)
             return None
