@@ -166,12 +166,67 @@ def inproc(model_dir: Path, out: dict, key: str = "inproc", **handler) -> None:
             leader.cancel(rid)
         while leader.busy:
             leader.step()
+    rows["host_split_b1_ms"] = _host_split(leader, gen.executor, vocab)
+    rows["ttft_inproc_ms"] = _ttft(leader)
     graphs = gen.executor.graphs
+    rows["prefill_graph_capture_s"] = {"x".join(map(str, k)): round(v, 3)
+                                       for k, v in (gen.executor.prefill_graphs.captured.items()
+                                                    if gen.executor.prefill_graphs else [])}
     rows["graph_capture_s"] = {f"{k[0]}x{k[1]}": round(v, 3) for k, v in (graphs.captured.items() if graphs else [])}
     rows["graphs_failed"] = graphs.failed if graphs else "off"
     out[key] = rows
     del h, gen, leader
     torch.cuda.empty_cache()
+
+
+def _host_split(leader, executor, vocab: int, steps: int = 100) -> dict:
+    """Where the leader's step time goes at one running sequence: planning, launching, reading."""
+    import torch
+
+    _fill(leader, 1, vocab)
+    times = {"plan": 0.0, "launch": 0.0, "read": 0.0}
+    torch.cuda.synchronize()
+    t_start = time.perf_counter()
+    for _ in range(steps):
+        a = time.perf_counter()
+        plan, book = leader.scheduler.plan()
+        b = time.perf_counter()
+        leader._settle_slots(book)
+        output = executor.run(plan, None)
+        output.start_copy(executor.host_buffers)
+        c = time.perf_counter()
+        previous, leader._pending = leader._pending, (output, book, None)
+        if previous is not None:
+            leader._read(*previous)
+        d = time.perf_counter()
+        times["plan"] += b - a
+        times["launch"] += c - b
+        times["read"] += d - c   # includes waiting for the previous step's tokens
+    total = time.perf_counter() - t_start
+    for rid in list(leader.sequences):
+        leader.cancel(rid)
+    while leader.busy:
+        leader.step()
+    return {k: round(v / steps * 1e3, 4) for k, v in {**times, "total": total}.items()}
+
+
+def _ttft(leader, trials: int = 10) -> float:
+    """Idle engine: add a 16-token request and step until its first token is out (median ms)."""
+    times = []
+    for trial in range(trials):
+        rid = 900_000 + trial
+        t0 = time.perf_counter()
+        leader.add(rid, {"input_ids": random_prompts(1, 300, seed=trial)[0], "max_new_tokens": 4}, stream=True)
+        got = False
+        for _ in range(20):
+            if any(r == rid for _, r, _ in leader.step()):
+                got = True
+                break
+        times.append(time.perf_counter() - t0)
+        assert got
+        while leader.busy:
+            leader.step()
+    return round(statistics.median(times) * 1e3, 3)
 
 
 def profile(model_dir: Path, out: dict) -> None:

@@ -12,8 +12,9 @@ Two kinds of call share the blocks:
   key/values are written at each row's position and attention reads the first
   ``length`` positions of the rows' own cache, masked by position. No gathers, no
   host values: the call can be captured in a CUDA graph per (rows, length).
-* **prefill** — ``T`` prompt tokens for each of a few slots (padded), written at
-  their positions; attention reads those slots' cache up to ``length``.
+* **prefill** — ``T`` prompt tokens for each of ``n`` slots (padded; padding writes
+  into a scratch row of the cache), written at their positions; attention reads
+  those slots' cache up to ``length``. Fixed shapes per (n, T, length): capturable too.
 
 With tensor parallelism each rank holds ``heads / tp`` heads and ``1/tp`` of the
 MLP; the block all-reduces after its attention and MLP outputs (``tp_group``).
@@ -106,19 +107,21 @@ class CompactDecoder:
         return self._project(hidden[:, 0]) if self.place.last else hidden
 
     @torch.no_grad()
-    def prefill(self, x: torch.Tensor, slots: torch.Tensor, pos: torch.Tensor, write_rows: torch.Tensor,
-                write_cols: torch.Tensor, length: int, last_cols: torch.Tensor | None) -> torch.Tensor:
-        """x: ids [n, T] or hidden [n, T, H]; slots [n]; pos [n, T] (padding repeats a valid position);
-        ``write_rows/cols`` index the real tokens; ``last_cols`` [n] picks each row's position for logits."""
+    def prefill(self, x: torch.Tensor, slots: torch.Tensor, pos: torch.Tensor, write_slots: torch.Tensor,
+                write_pos: torch.Tensor, length: int, last_cols: torch.Tensor) -> torch.Tensor:
+        """x: ids [n, T] or hidden [n, T, H]; slots [n]; pos [n, T]; every token writes its key/value
+        at (write_slots, write_pos) [n, T] — padding writes into the cache's scratch row — so that the
+        call has fixed shapes per (n, T, length) and can be captured; ``last_cols`` [n] picks each
+        row's position for the logits. Attention reads the rows' slots up to ``length``."""
         n, width = pos.shape
         keys = torch.arange(length, device=pos.device)
         visible = keys[None, None, :] <= pos[:, :, None]                  # [n, T, length]
-        write_slots, write_pos = slots[write_rows], pos[write_rows, write_cols]
+        flat_slots, flat_pos = write_slots.reshape(-1), write_pos.reshape(-1)
 
         def attend(layer: int, q, k, v):
             kc, vc = self.cache.k[layer], self.cache.v[layer]
-            kc[write_slots, :, write_pos] = k[write_rows, write_cols]
-            vc[write_slots, :, write_pos] = v[write_rows, write_cols]
+            kc[flat_slots, :, flat_pos] = k.reshape(n * width, self.kv_heads, self.spec.head_dim)
+            vc[flat_slots, :, flat_pos] = v.reshape(n * width, self.kv_heads, self.spec.head_dim)
             out = F.scaled_dot_product_attention(
                 q.transpose(1, 2), kc[slots, :, :length], vc[slots, :, :length], attn_mask=visible[:, None],
                 scale=self.scales[layer], enable_gqa=self.group > 1)

@@ -175,9 +175,17 @@ class PredictHandler(ApiMixin):
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")
         try:
-            while (partial := await request.partials.get()) is not END_OF_STREAM:
-                self.write(_ndjson_line("partial", partial))
-                await self.flush()
+            ended = False
+            while not ended:
+                # everything that has arrived goes out in one write: under load a flush per
+                # token would cost more server time than the tokens themselves
+                for partial in await drain(request.partials):
+                    if partial is END_OF_STREAM:
+                        ended = True
+                        break
+                    self.write(_ndjson_line("partial", partial))
+                if not ended:
+                    await self.flush()
             try:
                 answer = request.future.result()
                 line, status = _ndjson_line("result", answer), answer[0]
@@ -194,6 +202,14 @@ class PredictHandler(ApiMixin):
         """A client that goes away cancels its request; the worker is not disturbed."""
         if self._pending is not None:
             self._pending.cancelled = True
+
+
+async def drain(queue) -> list:
+    """The next item of an asyncio queue (waiting for it), and every item already behind it."""
+    items = [await queue.get()]
+    while not queue.empty():
+        items.append(queue.get_nowait())
+    return items
 
 
 def _ndjson_line(kind: str, answer) -> bytes:
