@@ -149,7 +149,10 @@ def inproc(model_dir: Path, out: dict, key: str = "inproc", **handler) -> None:
     vocab = h.config.vocab_size
     rows = {"init_s": round(init_s, 2)}
     for batch in (1, 16, 64):
+        filled = time.perf_counter()
         _fill(leader, batch, vocab)
+        if batch == 1:   # the first requests pay for graph captures (and compiles, with handler.compile)
+            rows["first_fill_s"] = round(time.perf_counter() - filled, 2)
         plan = gen.executor.last_plan           # the decode bucket these steps use
         replay = cuda_ms(lambda: gen.executor.graphs.run(plan.rows, plan.length), reps=50) \
             if gen.executor.graphs is not None else None
@@ -229,7 +232,7 @@ def _ttft(leader, trials: int = 10) -> float:
     return round(statistics.median(times) * 1e3, 3)
 
 
-def profile(model_dir: Path, out: dict) -> None:
+def profile(model_dir: Path, out: dict, **handler) -> None:
     import torch
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
@@ -253,7 +256,7 @@ def profile(model_dir: Path, out: dict) -> None:
                         for name, t in top]}
 
     result = {}
-    h, _ = _generation(model_dir, 16)
+    h, _ = _generation(model_dir, 16, **handler)
     layers = h.config.num_hidden_layers
     leader, executor = h.generation.leader, h.generation.executor
     _fill(leader, 1, h.config.vocab_size)
@@ -312,7 +315,7 @@ class Server:
         self.log.close()
 
 
-def server(model_dir: Path, root: Path, out: dict, slots: int, quick: bool) -> None:
+def server(model_dir: Path, root: Path, out: dict, slots: int, quick: bool, handler: dict) -> None:
     import serving
 
     srv = Server(root)
@@ -320,7 +323,7 @@ def server(model_dir: Path, root: Path, out: dict, slots: int, quick: bool) -> N
     try:
         vocab = json.loads((model_dir / "config.json").read_text())["vocab_size"]
         config = {"deviceType": "gpu", "batchSize": slots, "responseTimeout": 300, "startupTimeout": 600,
-                  "handler": {"max_seq_len": 2048}}
+                  "handler": {"max_seq_len": 2048, **handler}}
         t0 = time.perf_counter()
         srv.client.deploy("llm", model_dir=str(model_dir), config=config, wait=True)
         ready = time.perf_counter()
@@ -374,11 +377,13 @@ def main(argv=None) -> int:
     parser.add_argument("--new", type=int, default=64, help="tokens per request for HF generate")
     parser.add_argument("--quick", action="store_true", help="skip the Poisson runs")
     parser.add_argument("--root", default=None)
+    parser.add_argument("--handler", default="{}", help="JSON merged into the handler: section (profile, server)")
     args = parser.parse_args(argv)
     from lmjupyter.models.shapes import build_shape
 
     root = Path(args.root or tempfile.mkdtemp(prefix="genbench-"))
-    results: dict = {"environment": environment(), "shape": args.shape, "errors": {}}
+    results: dict = {"environment": environment(), "shape": args.shape, "handler": json.loads(args.handler),
+                     "errors": {}}
     t0 = time.perf_counter()
     model_dir = root / f"llama-{args.shape}"
     if not (model_dir / "config.json").exists():
@@ -389,8 +394,8 @@ def main(argv=None) -> int:
         "hf": lambda: hf(model_dir, results, args.new),
         "inproc": lambda: inproc(model_dir, results),
         "compile": lambda: inproc(model_dir, results, key="inproc_compiled", compile=True),
-        "profile": lambda: profile(model_dir, results),
-        "server": lambda: server(model_dir, root, results, args.slots, args.quick),
+        "profile": lambda: profile(model_dir, results, **json.loads(args.handler)),
+        "server": lambda: server(model_dir, root, results, args.slots, args.quick, json.loads(args.handler)),
     }
     for name in args.sections.split(","):
         started = time.perf_counter()

@@ -86,17 +86,14 @@ class HostBuffers:
 
 class StepExecutor:
     def __init__(self, model: CompactDecoder, place: GroupPlace, device, slots: int, hidden: int, dtype,
-                 graphs: bool = False, compile: bool = False, slot_settings=None):
+                 graphs: bool = False, slot_settings=None):
         self.model, self.place = model, place
         self.device, self.slots, self.hidden, self.dtype = torch.device(device), slots, hidden, dtype
         self.last_token = torch.zeros(slots, dtype=torch.long, device=self.device)
         self.position = torch.zeros(slots, dtype=torch.long, device=self.device)
         self.slot_settings = slot_settings if slot_settings is not None else {}
-        forward = self._decode_forward
-        if compile:   # inductor fuses the small kernels of a block; one compile, dynamic in rows and length
-            forward = torch.compile(forward, dynamic=True)
-        self.forward = forward
-        self.graphs = BucketGraphs(forward) if graphs else None
+        self.forward = self._decode_forward
+        self.graphs = BucketGraphs(self._decode_forward) if graphs else None
         self.prefill_graphs = BucketGraphs(self._prefill_forward) if graphs and model.place.first else None
         self._prefill_buffers: dict[tuple[int, int], list[torch.Tensor]] = {}
         self.staging = Staging(self.device)

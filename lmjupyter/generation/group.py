@@ -9,8 +9,8 @@ each rank a contiguous slice of the layers, pptp both. Settings (``handler:``):
   model's ``max_position_embeddings``, at most 2048);
 * ``prefill_chunk`` — prompt tokens prefilled per step (default 512);
 * ``cuda_graphs`` — one CUDA graph per decode bucket (default: on for one GPU rank);
-* ``compile`` — fuse the decode step with ``torch.compile`` (inductor) first (default off:
-  it adds its compile time to the start).
+* ``compile`` — fuse the elementwise regions of each block (lmjupyter.generation.fused)
+  with ``torch.compile``; they compile at the first request (default off).
 
 ``batchSize`` is the number of slots: sequences decoded together.
 """
@@ -23,6 +23,7 @@ import torch
 
 from lmjupyter.generation.cache import SlotCache
 from lmjupyter.generation.executor import GroupPlace, StepExecutor
+from lmjupyter.generation.fused import Regions
 from lmjupyter.generation.leader import Leader, PlanChannel, follow
 from lmjupyter.generation.model import CompactDecoder, StagePlace, rotary_tables
 from lmjupyter.generation.scheduler import Scheduler
@@ -78,12 +79,12 @@ def build_generation(ctx, config, spec: DecoderSpec, tokenizer, eos_ids: set[int
     cache = SlotCache(stop - start, slots, spec.kv_heads // tp, max_len, spec.head_dim, dtype, device)
     rotary = rotary_tables(config, spec, max_len, device, dtype) if spec.llama_like else None
     model = CompactDecoder(spec, weights, StagePlace((start, stop), first, last, tp, layout.tp_index, tp_group),
-                           cache, rotary)
+                           cache, rotary, Regions(compile=compile))
     rank, world = ctx.rank, ctx.world_size
     decider = layout.decider_rank
     place = GroupPlace(world=world, rank=rank, decider=decider,
                        prev=rank - tp if not first else None, next=rank + tp if not last else None)
-    executor = StepExecutor(model, place, device, slots, spec.hidden, dtype, graphs=graphs, compile=compile)
+    executor = StepExecutor(model, place, device, slots, spec.hidden, dtype, graphs=graphs)
     plans = PlanChannel(world, decider, slots, prefill_chunk)
     leader = None
     if rank == decider:

@@ -1,0 +1,63 @@
+"""The elementwise pieces of a decoder block, as functions that ``torch.compile`` can fuse.
+
+Between its matmuls a block does small elementwise work — the residual add and the
+next norm, the rotary rotation of q and k, the gated activation — which eager
+PyTorch runs as a dozen kernels of a few microseconds each; at batch 1 on a GPU
+those kernels, not the weight reads, are most of a decode step. Each function here
+is one region: eager, it is the same kernels as before; compiled (``handler.compile``,
+inductor, shapes dynamic), it is one generated kernel. Only these regions are
+compiled, not the model: they compile in seconds, and the matmuls, the cache writes
+and the collectives stay plain PyTorch.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def split_rotate(qkv: torch.Tensor, cos, sin, q_heads: int, kv_heads: int, head_dim: int):
+    """q (contiguous), k, v of a fused projection [n, T, (q + 2 kv) * d], q and k rotated (llama)."""
+    n, width = qkv.shape[:2]
+    qk, v = qkv.split([(q_heads + kv_heads) * head_dim, kv_heads * head_dim], dim=-1)
+    qk = qk.view(n, width, q_heads + kv_heads, head_dim)
+    if cos is not None:   # q and k heads side by side: one rotation for both
+        qk = qk * cos + rotate_half(qk) * sin
+    q, k = qk.split([q_heads, kv_heads], dim=2)
+    return q.contiguous(), k, v.view(n, width, kv_heads, head_dim)
+
+
+def add_norm(x: torch.Tensor, delta: torch.Tensor, delta_bias, weight, bias, eps: float, rms: bool):
+    """The residual add (plus a row-parallel layer's bias), then the next norm: (new x, its norm)."""
+    x = x + delta if delta_bias is None else x + delta + delta_bias
+    return x, norm(x, weight, bias, eps, rms)
+
+
+def norm(x: torch.Tensor, weight, bias, eps: float, rms: bool) -> torch.Tensor:
+    if rms:
+        return F.rms_norm(x, (x.shape[-1],), weight, eps)
+    return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+
+
+def activate(up: torch.Tensor, gated: bool) -> torch.Tensor:
+    """SwiGLU of a fused gate|up projection (llama), or GPT-2's tanh GELU."""
+    if gated:
+        gate, value = up.chunk(2, dim=-1)
+        return F.silu(gate) * value
+    return F.gelu(up, approximate="tanh")
+
+
+class Regions:
+    """The functions a decoder calls: plain, or compiled once each (shapes dynamic)."""
+
+    def __init__(self, compile: bool = False):
+        wrap = (lambda fn: torch.compile(fn, dynamic=True)) if compile else (lambda fn: fn)
+        self.split_rotate = wrap(split_rotate)
+        self.add_norm = wrap(add_norm)
+        self.norm = norm
+        self.activate = wrap(activate)
+        self.compiled = compile
