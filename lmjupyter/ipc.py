@@ -4,13 +4,15 @@ Both ends are our own processes, joined by a unix socket in a private 0700
 directory, so pickle is safe here and is the cheapest way to move request bytes
 without re-encoding them. Messages (tuples, first item the kind):
 
-server -> rank: ("batch", batch_id, [(payload: bytes, content_type: str), ...]) and ("stop",);
+server -> rank: ("batch", batch_id, [(payload: bytes, content_type: str, meta: dict | None), ...]) and ("stop",);
+                meta (the request's id and headers) only for TorchServe-style handlers;
                 ("spec", {...}) to a warm spare's ranks when a deploy takes the group
-rank -> server: ("hello", rank, pid), ("spare_ready", rank), ("ready", rank, output_rank),
+rank -> server: ("hello", rank, pid), ("spare_ready", rank), ("ready", rank, output_rank, handler_info),
                 ("init_failed", rank, message, traceback),
                 ("partial", batch_id, [(position, encoded), ...]), ("result", batch_id, [encoded...]),
-                ("error", batch_id, rank, message, traceback)
-where an encoded item is (status: int, content_type: str, body: bytes).
+                ("error", batch_id, rank, message, traceback), ("metrics", [update, ...])
+where an encoded item is (status: int, content_type: str, body: bytes), or with a fourth
+item, a dict of a TorchServe-style answer's "phrase", "headers" and "error_type".
 """
 from __future__ import annotations
 
