@@ -58,7 +58,7 @@ def main(argv: list[str]) -> int:
             _init_distributed(gpu, world_size, max(spec.get("startup_timeout", 120), spec.get("response_timeout", 120)) + 60)
         from lmjupyter.compat.torchserve.adapter import adapt_handler
         from lmjupyter.worker.loader import load_handler
-        handler = adapt_handler(load_handler(spec["handler"], spec["model_dir"]), spec["handler"])
+        handler = adapt_handler(load_handler(spec["handler"], spec["model_dir"]), spec["handler"], ctx.manifest)
         handler.initialize(ctx)
         output_rank = _output_rank(handler, ctx)
     except BaseException as exc:  # the client must see why loading failed

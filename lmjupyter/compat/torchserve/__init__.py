@@ -9,7 +9,9 @@ see :func:`~lmjupyter.compat.torchserve.adapter.is_torchserve_style`). A handler
    :class:`lmjupyter.compat.torchserve.base_handler.BaseHandler`), or
 2. it is a module-level ``handle(data, context)`` function (TorchServe's other entry
    point; lmjupyter's own contract is a class), or
-3. the module that defines it imports ``ts`` (``import ts...`` or ``from ts... import``).
+3. the module that defines it imports ``ts`` (``import ts...`` or ``from ts... import``), or
+4. it comes in a TorchServe archive (a ``.mar``, or torch-model-archiver's tgz or
+   folder: one with ``MAR-INF/MANIFEST.json``), whatever it imports.
 
 Such a handler gets TorchServe's request rows (``{"body": ...}``, form fields and
 multipart parts by name), TorchServe's ``context`` (request ids and headers,

@@ -24,11 +24,15 @@ log = logging.getLogger(__name__)
 PREDICTION_METRIC = "PredictionTime"
 
 
-def is_torchserve_style(handler) -> bool:
-    """TorchServe's BaseHandler subclass, a module-level ``handle(data, context)``, or a module importing ``ts``."""
-    from lmjupyter.compat.torchserve.base_handler import BaseHandler as TorchServeBase
+def is_torchserve_style(handler, manifest: dict | None = None) -> bool:
+    """From a TorchServe archive, TorchServe's BaseHandler subclass, a module-level ``handle(data, context)``,
+    or a module importing ``ts``."""
+    from lmjupyter.archive.manifest import FORMAT
     from lmjupyter.compat.torchserve.archive import IMPORTS_TS
+    from lmjupyter.compat.torchserve.base_handler import BaseHandler as TorchServeBase
 
+    if manifest and isinstance(manifest.get("model"), dict) and manifest.get("format") != FORMAT:
+        return True  # MAR-INF/MANIFEST.json: a .mar (or torch-model-archiver's tgz/folder)
     function = getattr(handler, "function", None)
     if function is not None and type(handler).__name__ == "_FunctionHandler":
         return True  # lmjupyter.worker.loader's wrapper of a module-level handle(data, context)
@@ -42,9 +46,9 @@ def is_torchserve_style(handler) -> bool:
     return bool(IMPORTS_TS.search(source))
 
 
-def adapt_handler(handler, handler_spec: str | None = None):
+def adapt_handler(handler, handler_spec: str | None = None, manifest: dict | None = None):
     """The handler a rank serves: ``handler`` itself, or wrapped when it is TorchServe-style."""
-    return TorchServeHandler(handler, handler_spec) if is_torchserve_style(handler) else handler
+    return TorchServeHandler(handler, handler_spec) if is_torchserve_style(handler, manifest) else handler
 
 
 class TorchServeHandler:
