@@ -241,7 +241,8 @@ class Engine:
         # What the registry snapshot records to deploy this again after a restart.
         source = {"handler": handler if body.get("handler") or not archive else None,
                   "model_dir": None if archive else model_dir, "archive": archive and archive.source,
-                  "config": config.as_yaml_dict(), "install_requirements": install if requirements else None}
+                  "config": config.as_yaml_dict(other_sections=True),
+                  "install_requirements": install if requirements else None}
         return {"name": name, "handler": handler, "model_dir": model_dir or self.root_dir, "config": config,
                 "warnings": (archive.warnings if archive else []) + warnings, "wait": body.get("wait", False),
                 "dry_run": body.get("dry_run", False), "version": version, "workers": workers,
@@ -365,7 +366,7 @@ class Engine:
         config = model.config
         return WorkerSpec(
             model_name=model.name, worker_id=worker_id, handler=model.handler, model_dir=model.model_dir,
-            config=config.as_yaml_dict(), nproc=config.nproc, gpus=gpus,
+            config=config.as_yaml_dict(other_sections=True), nproc=config.nproc, gpus=gpus,
             torchrun_args=self._torchrun_args(config), env=self._worker_env(config, gpus, model.python_path),
             manifest=model.manifest, spares=self.spares, model_version=model.version,
             on_metrics=model.metrics.handler_metrics,
@@ -400,7 +401,7 @@ class Engine:
         if bounds is not None and model.state == ModelState.READY:
             model.config = model.config.model_copy(update={"minWorkers": bounds[0], "maxWorkers": bounds[1]})
             if model.source:
-                model.source["config"] = model.config.as_yaml_dict()
+                model.source["config"] = model.config.as_yaml_dict(other_sections=True)
         low, high = model.config.minWorkers, model.config.maxWorkers
         if not low <= count <= high:
             raise ApiError(400, f"workers = {count}: expected {low}..{high} (minWorkers..maxWorkers)", key="workers")

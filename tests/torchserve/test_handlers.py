@@ -28,7 +28,7 @@ def models(ts_server, tmp_path_factory):
     weights_path = os.path.join(root, "weights.pth")
     state = {"fc.weight": linear.weight.detach().clone(), "fc.bias": linear.bias.detach().clone()}
     torch.save(state, weights_path)
-    build_mar(out, "rows", "describe_rows.py", config=CONFIG)
+    build_mar(out, "rows", "describe_rows.py", config=CONFIG + "myapp:\n  greeting: hi\n")  # a section of its own
     build_mar(out, "echo", "echo_raw.py", config=CONFIG)
     build_mar(out, "stream", "echo_stream.py")  # no model-config.yaml: TorchServe's initial_workers decides
     build_mar(out, "linear", "scripted.py", config=CONFIG, serialized_file=scripted_path)
@@ -91,7 +91,7 @@ def test_context_has_headers_request_ids_and_torchserve_properties(ts_server, mo
     assert answer["headers"] == {"x-custom": "v", "url_path": "some/extra/path", "explain": "False",
                                  "body": {"content-type": "application/json"}}
     assert "Authorization" not in answer["header_names"] and "User-Agent" in answer["header_names"]
-    assert answer["manifest_model"] == "rows"
+    assert answer["manifest_model"] == "rows" and answer["myapp"] == {"greeting": "hi"}
     assert answer["system"] == {"batch_size": 1, "server_name": "lmjupyter", "limit_max_image_pixels": True}
     other = _post(ts_server, "predictions/rows", json=[1]).json()
     assert other["request_id"] != answer["request_id"]

@@ -28,6 +28,7 @@ class ModelHandler(object):
                 "headers": {name: context.get_request_header(idx, name) for name in wanted.split(",") if name},
                 "header_names": sorted(k for k in context.get_all_request_header(idx) if isinstance(k, str)),
                 "manifest_model": self.manifest["model"]["modelName"],
+                "myapp": context.model_yaml_config.get("myapp"),
                 "system": {k: context.system_properties[k] for k in ("batch_size", "server_name",
                                                                       "limit_max_image_pixels")},
             })
