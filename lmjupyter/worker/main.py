@@ -66,9 +66,17 @@ def main(argv: list[str]) -> int:
         traceback.print_exc()
         return 1
     print(f"rank {rank}/{world_size} ready (pid {os.getpid()}, output rank {output_rank})", flush=True)
-    describe = getattr(handler, "describe", None)  # e.g. {"request_rows": "torchserve"}
-    channel.send(("ready", rank, output_rank, describe() if callable(describe) else {}))
+    # the server then passes each request's headers and id on (lmjupyter.compat.torchserve.meta)
+    info = {"request_rows": "torchserve"} if _takes_raw_requests(handler) else {}
+    channel.send(("ready", rank, output_rank, info))
     return serve(channel, handler, ctx, answers=(rank == output_rank))
+
+
+def _takes_raw_requests(handler) -> bool:
+    """A TorchServe-style handler, wrapped: it decodes and encodes requests itself (``run_batch``)."""
+    from lmjupyter.compat.torchserve.adapter import TorchServeHandler
+
+    return isinstance(handler, TorchServeHandler)
 
 
 def _wait_as_spare(channel: BlockingChannel, rank: int) -> dict | None:
@@ -86,13 +94,13 @@ def _wait_as_spare(channel: BlockingChannel, rank: int) -> dict | None:
 
 def serve(channel: BlockingChannel, handler, ctx: Context, answers: bool) -> int:
     """Run batches until the server says stop or goes away."""
-    run_batch = getattr(handler, "run_batch", None)  # TorchServe-style handlers take the raw requests
+    raw = _takes_raw_requests(handler)
     while True:
         message = channel.receive()
         if message is None or message[0] == "stop":
             return 0
         _, batch_id, items = message
-        if run_batch is not None:
+        if raw:
             _serve_raw(channel, handler, ctx, answers, batch_id, items)
             continue
         try:

@@ -61,10 +61,6 @@ class TorchServeHandler:
         self.decode = codec.decode_inputs()
         self._entry = handler.function if type(handler).__name__ == "_FunctionHandler" else handler.handle
 
-    def describe(self) -> dict:
-        """What the rank tells the server when it is ready: the HTTP layer then sends headers."""
-        return {"request_rows": "torchserve"}
-
     def initialize(self, ctx) -> None:
         self.context = context_for(ctx, self.handler_spec)
         if type(self.handler).__name__ == "_FunctionHandler":
