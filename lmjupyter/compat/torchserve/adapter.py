@@ -12,7 +12,6 @@ its code; out of memory: 507; anything else: 503 "Prediction failed").
 from __future__ import annotations
 
 import inspect
-import logging
 import sys
 import time
 import traceback
@@ -20,8 +19,14 @@ import traceback
 from lmjupyter.compat.torchserve import rows as codec
 from lmjupyter.compat.torchserve.context import context_for
 
-log = logging.getLogger(__name__)
 PREDICTION_METRIC = "PredictionTime"
+
+
+def _entry_function(handler):
+    """The module-level ``handle(data, context)`` that lmjupyter.worker.loader wrapped, or None."""
+    from lmjupyter.worker.loader import _FunctionHandler
+
+    return handler.function if isinstance(handler, _FunctionHandler) else None
 
 
 def is_torchserve_style(handler, manifest: dict | None = None) -> bool:
@@ -33,10 +38,7 @@ def is_torchserve_style(handler, manifest: dict | None = None) -> bool:
 
     if manifest and isinstance(manifest.get("model"), dict) and manifest.get("format") != FORMAT:
         return True  # MAR-INF/MANIFEST.json: a .mar (or torch-model-archiver's tgz/folder)
-    function = getattr(handler, "function", None)
-    if function is not None and type(handler).__name__ == "_FunctionHandler":
-        return True  # lmjupyter.worker.loader's wrapper of a module-level handle(data, context)
-    if isinstance(handler, TorchServeBase):
+    if _entry_function(handler) is not None or isinstance(handler, TorchServeBase):
         return True
     module = sys.modules.get(type(handler).__module__)
     try:
@@ -59,12 +61,13 @@ class TorchServeHandler:
         self.handler_spec = handler_spec
         self.context = None
         self.decode = codec.decode_inputs()
-        self._entry = handler.function if type(handler).__name__ == "_FunctionHandler" else handler.handle
+        self._function = _entry_function(handler)
+        self._entry = self._function or handler.handle
 
     def initialize(self, ctx) -> None:
         self.context = context_for(ctx, self.handler_spec)
-        if type(self.handler).__name__ == "_FunctionHandler":
-            self.handler.function(None, self.context)  # TorchServe loads a module entry point this way
+        if self._function is not None:
+            self._function(None, self.context)  # TorchServe loads a module entry point this way
         else:
             self.handler.initialize(self.context)
 
