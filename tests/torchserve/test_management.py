@@ -82,8 +82,13 @@ def test_versions_pages_and_defaults_without_workers(ts_server):
         answer = _call(ts_server, "POST", "models", params={"url": f"{name}.mar", "model_name": "noop"})
         assert answer.json() == {"status": f'Model "noop" Version: {name[5:]} registered with 0 initial workers. '
                                            "Use scale workers API to add workers for the model."}
-    build_mar(store, "other", "wordcount.py")
-    assert _call(ts_server, "POST", "models", json={"url": "other.mar"}).status_code == 200  # a JSON body works too
+    build_mar(store, "other", "wordcount.py", config="batchSize: 2\nresponseTimeout: 30\n")
+    registered = _call(ts_server, "POST", "models", json={"url": "other.mar", "batch_size": 4, "max_batch_delay": 50,
+                                                          "response_timeout": 99})  # a JSON body works too
+    assert registered.status_code == 200
+    other = _call(ts_server, "GET", "models/other").json()[0]
+    # TorchServe's precedence: the call's batch settings win, the archive's responseTimeout wins
+    assert (other["batchSize"], other["maxBatchDelay"], other["responseTimeout"]) == (4, 50, 30)
     again = _call(ts_server, "POST", "models", params={"url": "other.mar"})
     assert again.status_code == 409 and again.json()["type"] == "ConflictStatusException"
 
