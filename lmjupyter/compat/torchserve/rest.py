@@ -59,6 +59,8 @@ def torchserve_errors(method):
 
 
 class TorchServeMixin(ApiMixin):
+    _request_id = None  # a prediction's x-request-id, kept on its error answers too
+
     def send_torchserve(self, status: int, data) -> None:
         self.set_status(status)
         self.set_header("Content-Type", JSON_TYPE)
@@ -70,6 +72,8 @@ class TorchServeMixin(ApiMixin):
         self.clear()
         self.set_status(status)
         self.set_header("Content-Type", JSON_TYPE)
+        if self._request_id:
+            self.set_header("x-request-id", self._request_id)
         self.finish(error_body(status, message, error_type))
 
     def write_error(self, status_code: int, **kwargs) -> None:
@@ -105,7 +109,7 @@ class TorchServePredictionsHandler(TorchServeMixin):
     @torchserve_errors
     async def post(self, name, version=None, url_path=""):
         model = management.find_model(self.engine, name, version)
-        request_id = str(uuid.uuid4())
+        self._request_id = request_id = str(uuid.uuid4())
         self.set_header("x-request-id", request_id)
         # TorchServe hands the handler these two headers besides the client's
         meta = request_meta(self.request, (("url_path", url_path or ""), ("explain", "False")), request_id)
