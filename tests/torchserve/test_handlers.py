@@ -11,7 +11,7 @@ import pytest
 import requests
 import torch
 
-from conftest import HANDLERS, build_mar
+from markit import HANDLERS, build_mar
 
 CONFIG = "minWorkers: 1\nmaxWorkers: 1\ndeviceType: cpu\nstartupTimeout: 60\n"
 

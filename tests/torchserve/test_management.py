@@ -7,7 +7,7 @@ import threading
 
 import requests
 
-from conftest import build_mar
+from markit import build_mar
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "client_script.py")
 
