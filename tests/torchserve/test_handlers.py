@@ -17,7 +17,7 @@ CONFIG = "minWorkers: 1\nmaxWorkers: 1\ndeviceType: cpu\nstartupTimeout: 60\n"
 
 
 @pytest.fixture(scope="module")
-def models(ts_server, tmp_path_factory):
+def models(ts_server):
     """Deploy every model of this module at once (each is one torchrun group of one rank)."""
     root = ts_server.root
     out = os.path.join(root, "mars")
@@ -28,12 +28,16 @@ def models(ts_server, tmp_path_factory):
     weights_path = os.path.join(root, "weights.pth")
     state = {"fc.weight": linear.weight.detach().clone(), "fc.bias": linear.bias.detach().clone()}
     torch.save(state, weights_path)
-    build_mar(out, "rows", "describe_rows.py", config=CONFIG + "myapp:\n  greeting: hi\n")  # a section of its own
-    build_mar(out, "echo", "echo_raw.py", config=CONFIG)
-    build_mar(out, "stream", "echo_stream.py")  # no model-config.yaml: TorchServe's initial_workers decides
-    build_mar(out, "linear", "scripted.py", config=CONFIG, serialized_file=scripted_path)
-    build_mar(out, "eager", "scripted.py", config=CONFIG, serialized_file=weights_path,
-              model_file=os.path.join(HANDLERS, "eager_model.py"))
+    archives = [
+        ("rows", "describe_rows.py", {"config": CONFIG + "myapp:\n  greeting: hi\n"}),  # a section of its own
+        ("echo", "echo_raw.py", {"config": CONFIG}),
+        ("stream", "echo_stream.py", {}),  # no model-config.yaml: TorchServe's initial_workers decides
+        ("linear", "scripted.py", {"config": CONFIG, "serialized_file": scripted_path}),
+        ("eager", "scripted.py", {"config": CONFIG, "serialized_file": weights_path,
+                                  "model_file": os.path.join(HANDLERS, "eager_model.py")}),
+    ]
+    with concurrent.futures.ThreadPoolExecutor(len(archives)) as pool:
+        list(pool.map(lambda a: build_mar(out, a[0], a[1], **a[2]), archives))
     client, url, headers = ts_server.client, ts_server.url, {"Authorization": f"Bearer {ts_server.token}"}
 
     def deploy(job):
@@ -55,8 +59,8 @@ def models(ts_server, tmp_path_factory):
     assert states[0] == "ready" and states[1] == 'Model "echo" Version: 1.0 registered with 1 initial workers'
     assert set(states[3:]) == {"ready"}, states
     yield {"linear": linear}
-    for name in ("rows", "echo", "stream", "linear", "eager", "words"):
-        client.undeploy(name)
+    with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
+        list(pool.map(client.undeploy, ("rows", "echo", "stream", "linear", "eager", "words")))
 
 
 def _post(server, path, **kwargs):
