@@ -66,8 +66,8 @@ class LMServe(ExtensionApp):
                       self.serverapp.base_url, gpus or "none", ", ".join(self.engine.allowed_roots))
 
     def initialize_handlers(self) -> None:
-        # ExtensionApp joins each pattern with the server's base_url.
-        self.handlers.extend(route_table("/", LMServeHandler, wrap=protect))
+        # ExtensionApp joins each pattern with the server's base_url; TorchServe's paths go under lmserve/.
+        self.handlers.extend(route_table("/", LMServeHandler, wrap=protect, torchserve_prefix="lmserve/"))
 
     async def _start_jupyter_server_extension(self, serverapp) -> None:
         """Once the server listens: its port is known (kernels start after this), the loop runs."""

@@ -14,6 +14,7 @@ import time
 from tornado.iostream import StreamClosedError
 
 import lmjupyter
+from lmjupyter.compat.torchserve.meta import request_meta
 from lmjupyter.engine.request import END_OF_STREAM, RequestFailed
 from lmjupyter.errors import ApiError
 
@@ -147,6 +148,7 @@ class PredictHandler(ApiMixin):
     """One request in, one answer out; ``?stream=1`` sends partial results as NDJSON lines."""
 
     _pending = None
+    execute_verbs = ("post",)  # Jupyter's authorizer sees these as "execute" on resource lmserve
 
     @api_errors
     async def post(self, name, version=None):
@@ -156,11 +158,12 @@ class PredictHandler(ApiMixin):
         content_type = self.request.headers.get("Content-Type", JSON_TYPE)
         status = 500
         try:
-            self._pending = request = model.submit(self.request.body, content_type, stream)
+            meta = request_meta(self.request) if model.request_meta else None  # TorchServe-style handlers
+            self._pending = request = model.submit(self.request.body, content_type, stream, meta)
             if stream:
                 status = await self._stream(request)
             else:
-                status, answer_type, body = await request.future
+                status, answer_type, body = (await request.future)[:3]
                 self.set_status(status)
                 self.set_header("Content-Type", answer_type)
                 self.finish(body)
@@ -213,7 +216,7 @@ async def drain(queue) -> list:
 
 
 def _ndjson_line(kind: str, answer) -> bytes:
-    status, content_type, body = answer
+    status, content_type, body = answer[:3]
     if status >= 400:
         return body + b"\n"  # already {"error": {...}}
     if content_type.startswith(JSON_TYPE):
@@ -236,8 +239,17 @@ ROUTES = [
 ]
 
 
-def route_table(base_url: str, base_handler: type, wrap=lambda cls: cls) -> list[tuple[str, type]]:
-    """The routes joined with a server's base handler; ``wrap`` may add auth decorators."""
+def all_routes(torchserve_prefix: str = "") -> list[tuple[str, type]]:
+    """lmjupyter's routes, then TorchServe's (``/ping``, ``/predictions``, ``/models``) under ``torchserve_prefix``."""
+    from lmjupyter.compat.torchserve.rest import ROUTES as TORCHSERVE_ROUTES
+
+    return ROUTES + [(torchserve_prefix + pattern, mixin) for pattern, mixin in TORCHSERVE_ROUTES]
+
+
+def route_table(base_url: str, base_handler: type, wrap=lambda cls: cls,
+                torchserve_prefix: str = "") -> list[tuple[str, type]]:
+    """The routes joined with a server's base handler; ``wrap`` may add auth decorators.
+    TorchServe's paths sit at the root of ``lmjupyter serve`` and under ``lmserve/`` in Jupyter."""
     base_url = "/" + base_url.strip("/") + "/" if base_url.strip("/") else "/"
     return [(base_url + pattern, wrap(type(mixin.__name__, (mixin, base_handler), {})))
-            for pattern, mixin in ROUTES]
+            for pattern, mixin in all_routes(torchserve_prefix)]
