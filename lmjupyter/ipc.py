@@ -8,7 +8,7 @@ server -> rank: ("batch", batch_id, [(payload: bytes, content_type: str, meta: d
                 meta (the request's id and headers) only for TorchServe-style handlers;
                 ("spec", {...}) to a warm spare's ranks when a deploy takes the group;
                 to the leader of a continuous-batching group: ("add", request_id, payload, content_type,
-                stream: bool) and ("cancel", request_id)
+                stream: bool, meta) and ("cancel", request_id)
 rank -> server: ("hello", rank, pid), ("spare_ready", rank), ("ready", rank, output_rank, handler_info)
                 (handler_info: {"slots": n} for continuous batching, {"request_rows": "torchserve"}),
                 ("events", [(kind, request_id, encoded), ...], stats) from a continuous-batching leader

@@ -74,6 +74,12 @@ def main(argv: list[str]) -> int:
         return serve_continuous(channel, generation, ctx)
     # the server then passes each request's headers and id on (lmjupyter.compat.torchserve.meta)
     info = {"request_rows": "torchserve"} if _takes_raw_requests(handler) else {}
+    if info and config.get("continuousBatching") is True:   # TorchServe's iteration-level handlers
+        from lmjupyter.compat.torchserve.continuous import serve_iterations
+
+        slots = int(config.get("batchSize", 1))
+        channel.send(("ready", rank, output_rank, {**info, "slots": slots}))
+        return serve_iterations(channel, handler, ctx, output_rank, slots)
     channel.send(("ready", rank, output_rank, info))
     return serve(channel, handler, ctx, answers=(rank == output_rank))
 

@@ -92,7 +92,24 @@ class TorchServeHandler:
                 answers[positions[index]] = answer
         return answers
 
-    def _predict(self, rows, processors, ids, streamer) -> list[tuple]:
+    def run_iteration(self, items: list[tuple]) -> list[tuple[tuple, bool]]:
+        """TorchServe's ``continuousBatching``: one call of the handler over the requests running now
+        (new ones have just joined); each encoded answer with whether its request is done, as
+        ``context.stopping_criteria[idx](result)`` says (no criteria, or None: done)."""
+        answers: list = [None] * len(items)
+        rows, processors, ids, positions, bad = codec.request_rows(items, self.decode)
+        for position, message in bad.items():
+            answers[position] = (codec.error_answer(400, message), True)
+        if rows:
+            self.context.stopping_criteria = None
+            done: list[bool] = []
+            for index, answer in enumerate(self._predict(rows, processors, ids, None, done)):
+                answers[positions[index]] = (answer, done[index] if index < len(done) else True)
+        return answers
+
+    def _predict(self, rows, processors, ids, streamer, done: list | None = None) -> list[tuple]:
+        """Encoded answers of one call of the handler; ``done`` (continuous batching) gets, per
+        answer, whether the handler's stopping criteria say its request has ended."""
         from lmjupyter.compat.torchserve.util import PredictionException
 
         context = self.context
@@ -124,6 +141,10 @@ class TorchServeHandler:
         context.metrics.add_time(PREDICTION_METRIC, round((time.time() - started) * 1000, 2))
         answers = []
         for index, value in enumerate(results):
+            if done is not None:
+                criteria = context.stopping_criteria
+                stop = criteria[index](value) if criteria else None
+                done.append(stop is None or bool(stop))
             if context.get_response_headers(index).get(codec.STREAM_NEXT) == "true":
                 context.set_response_header(index, codec.STREAM_NEXT, "false")
             answers.append(codec.encode_answer(value, index, context))

@@ -23,7 +23,6 @@ JAVA_ONLY_KEYS = {
     "parallelLevel": "the ranks per worker are torchrun.nproc-per-node",
     "maxRetryTimeoutInSec": "a broken worker is restarted with backoff, up to 5 attempts",
     "clientTimeoutInMills": "requests are bounded by responseTimeout",
-    "continuousBatching": "continuous batching is not implemented",
     "sequenceBatching": "stateful sequence batching is not implemented",
     "sequenceMaxIdleMSec": "stateful sequence batching is not implemented",
     "maxNumSequence": "stateful sequence batching is not implemented",

@@ -227,7 +227,7 @@ def _description(model) -> dict:
     if config.deviceIds:
         out["deviceIds"] = list(config.deviceIds)
     out.update({
-        "continuousBatching": False, "useJobTicket": config.useJobTicket, "useVenv": False, "stateful": False,
+        "continuousBatching": bool(config.continuousBatching), "useJobTicket": config.useJobTicket, "useVenv": False, "stateful": False,
         "sequenceMaxIdleMSec": 0, "sequenceTimeoutMSec": 0, "maxNumSequence": 0, "maxSequenceJobQueueSize": 0,
         "loadedAtStartup": False,
         "workers": [_worker(w) for _, w in sorted(model.workers.items())],
