@@ -1,7 +1,8 @@
 """The elementwise pieces of a decoder block, as functions that ``torch.compile`` can fuse.
 
 Between its matmuls a block does small elementwise work — the residual add and the
-next norm, the rotary rotation of q and k, the gated activation — which eager
+next norm, the rotary rotation of q and k and their store into the KV cache, the
+gated activation — which eager
 PyTorch runs as a dozen kernels of a few microseconds each; at batch 1 on a GPU
 those kernels, not the weight reads, are most of a decode step. Each function here
 is one region: eager, it is the same kernels as before; compiled (``handler.compile``,
@@ -24,15 +25,21 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def split_rotate(qkv: torch.Tensor, cos, sin, q_heads: int, kv_heads: int, head_dim: int):
-    """q (contiguous), k, v of a fused projection [n, T, (q + 2 kv) * d], q and k rotated (llama)."""
+def split_rotate_store(qkv: torch.Tensor, cos, sin, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                       write_slots: torch.Tensor, write_pos: torch.Tensor, q_heads: int, kv_heads: int,
+                       head_dim: int) -> torch.Tensor:
+    """Split a fused projection [n, T, (q + 2 kv) * d], rotate q and k (llama), write k and v into the
+    cache at (write_slots, write_pos) (flat, one per token), and return q, contiguous [n, T, q, d].
+    Compiled, this is one kernel that writes the cache rows in place."""
     n, width = qkv.shape[:2]
     qk, v = qkv.split([(q_heads + kv_heads) * head_dim, kv_heads * head_dim], dim=-1)
     qk = qk.view(n, width, q_heads + kv_heads, head_dim)
     if cos is not None:   # q and k heads side by side: one rotation for both
         qk = qk * cos + rotate_half(qk) * sin
     q, k = qk.split([q_heads, kv_heads], dim=2)
-    return q.contiguous(), k, v.view(n, width, kv_heads, head_dim)
+    k_cache[write_slots, :, write_pos] = k.reshape(n * width, kv_heads, head_dim)
+    v_cache[write_slots, :, write_pos] = v.reshape(n * width, kv_heads, head_dim)
+    return q.contiguous()
 
 
 def add_norm(x: torch.Tensor, delta: torch.Tensor, delta_bias, weight, bias, eps: float, rms: bool):
@@ -69,7 +76,7 @@ class Regions:
         if mode not in ("off", "now", "background"):
             raise ValueError(f"handler.compile = {mode!r}: expected true, false or background")
         self.mode = mode
-        plain = (split_rotate, add_norm, activate)
+        plain = (split_rotate_store, add_norm, activate)
         self._compiled = tuple(torch.compile(fn, dynamic=True) for fn in plain) if mode != "off" else None
         self.norm = norm
         self._use(plain if mode != "now" else self._compiled)
@@ -79,7 +86,7 @@ class Regions:
         self.compile_s: float | None = None
 
     def _use(self, functions) -> None:
-        self.split_rotate, self.add_norm, self.activate = functions
+        self.split_rotate_store, self.add_norm, self.activate = functions
 
     def compile_in_background(self, examples) -> None:
         """Compile on ``examples()`` — (function index, args) pairs — in a daemon thread, on a stream
@@ -90,7 +97,7 @@ class Regions:
                 with torch.no_grad(), torch.cuda.stream(torch.cuda.Stream()):
                     for index, args in examples():
                         self._compiled[index](*args)
-                    torch.cuda.current_stream().synchronize()
+                    torch.cuda.current_stream().synchronize()   # the side stream's work is done
                 self.compile_s = time.perf_counter() - started
             except Exception as exc:  # noqa: BLE001 - the plain regions keep serving
                 self.error = f"{type(exc).__name__}: {exc}"

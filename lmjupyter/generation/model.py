@@ -83,16 +83,13 @@ class CompactDecoder:
         visible = keys[None, :] <= pos[:, None]                          # [rows, length]
         mask = torch.zeros(visible.shape, dtype=self.cache.dtype, device=pos.device)
         mask.masked_fill_(~visible, float("-inf"))
-        rows_index = torch.arange(rows, device=pos.device)
-
         # the mask as baddbmm's addend: one GEMM kernel scales the scores and masks them
         addend = mask[:, None, None, :].expand(rows, self.kv_heads, self.group, length)
         addend = addend.reshape(rows * self.kv_heads, self.group, length)
+        store = torch.arange(rows, device=pos.device), pos      # each row writes its own slot, at its position
 
-        def attend(layer: int, q, k, v):
+        def attend(layer: int, q):
             kc, vc = self.cache.k[layer], self.cache.v[layer]
-            kc[rows_index, :, pos] = k[:, 0]
-            vc[rows_index, :, pos] = v[:, 0]
             d = self.spec.head_dim
             q = q.reshape(rows * self.kv_heads, self.group, d)
             keys = kc[:rows, :, :length].reshape(rows * self.kv_heads, length, d)   # a view: no copy
@@ -102,7 +99,7 @@ class CompactDecoder:
             return out.reshape(rows, 1, self.q_size)
 
         hidden = self._embed(x[:, None], positions) if self.place.first else x
-        hidden = self._blocks(hidden, positions, attend)
+        hidden = self._blocks(hidden, positions, store, attend)
         return self._project(hidden[:, 0]) if self.place.last else hidden
 
     @torch.no_grad()
@@ -115,26 +112,25 @@ class CompactDecoder:
         n, width = pos.shape
         keys = torch.arange(length, device=pos.device)
         visible = keys[None, None, :] <= pos[:, :, None]                  # [n, T, length]
-        flat_slots, flat_pos = write_slots.reshape(-1), write_pos.reshape(-1)
+        store = write_slots.reshape(-1), write_pos.reshape(-1)
 
-        def attend(layer: int, q, k, v):
+        def attend(layer: int, q):
             kc, vc = self.cache.k[layer], self.cache.v[layer]
-            kc[flat_slots, :, flat_pos] = k.reshape(n * width, self.kv_heads, self.spec.head_dim)
-            vc[flat_slots, :, flat_pos] = v.reshape(n * width, self.kv_heads, self.spec.head_dim)
             out = F.scaled_dot_product_attention(
                 q.transpose(1, 2), kc[slots, :, :length], vc[slots, :, :length], attn_mask=visible[:, None],
                 scale=self.scales[layer], enable_gqa=self.group > 1)
             return out.transpose(1, 2).reshape(n, width, self.q_size)
 
         hidden = self._embed(x, pos) if self.place.first else x
-        hidden = self._blocks(hidden, pos, attend)
+        hidden = self._blocks(hidden, pos, store, attend)
         if not self.place.last:
             return hidden
         return self._project(hidden[torch.arange(n, device=pos.device), last_cols])
 
     def region_examples(self):
         """Dummy inputs of every region, at each size class dynamo tells apart (1 or more rows and
-        tokens), for compiling the regions ahead of use; (region index, args) pairs."""
+        tokens), for compiling the regions ahead of use; (region index, args) pairs. The dummy
+        stores write into the cache's scratch row only."""
         spec, dtype, device = self.spec, self.cache.dtype, self.cache.k[0].device
         w = self.w.layers[0]
         qkv_width = (self.q_heads + 2 * self.kv_heads) * spec.head_dim
@@ -143,7 +139,10 @@ class CompactDecoder:
                 return torch.zeros((n, width, *shape), dtype=dtype, device=device)
 
             rot = (zeros(1, spec.head_dim), zeros(1, spec.head_dim)) if self.cos is not None else (None, None)
-            yield 0, (zeros(qkv_width), *rot, self.q_heads, self.kv_heads, spec.head_dim)
+            scratch = torch.full((n * width,), self.cache.scratch, dtype=torch.long, device=device)
+            at = torch.zeros(n * width, dtype=torch.long, device=device)
+            yield 0, (zeros(qkv_width), *rot, self.cache.k[0], self.cache.v[0], scratch, at,
+                      self.q_heads, self.kv_heads, spec.head_dim)
             for bias in {id(w.o_bias): w.o_bias, id(w.down_bias): w.down_bias}.values():
                 yield 1, (zeros(spec.hidden), zeros(spec.hidden), bias, w.norm2, w.norm2_bias, spec.norm_eps,
                           spec.llama_like)
@@ -163,8 +162,9 @@ class CompactDecoder:
             hidden = hidden + F.embedding(positions, self.w.positions)
         return hidden
 
-    def _blocks(self, hidden: torch.Tensor, positions: torch.Tensor, attend) -> torch.Tensor:
-        """The stage's layers; each residual add is fused with the norm that follows it."""
+    def _blocks(self, hidden: torch.Tensor, positions: torch.Tensor, store, attend) -> torch.Tensor:
+        """The stage's layers; each residual add is fused with the norm that follows it, and the new
+        keys/values are stored (at ``store``: flat slots and positions) by the rotation's region."""
         fx, spec = self.regions, self.spec
         cos = sin = None
         if self.cos is not None:
@@ -172,9 +172,9 @@ class CompactDecoder:
         layers = self.w.layers
         h = fx.norm(hidden, layers[0].norm1, layers[0].norm1_bias, spec.norm_eps, spec.llama_like)
         for i, w in enumerate(layers):
-            q, k, v = fx.split_rotate(F.linear(h, w.qkv, w.qkv_bias), cos, sin,
-                                      self.q_heads, self.kv_heads, spec.head_dim)
-            out = self._reduce(F.linear(attend(i, q, k, v), w.o))
+            q = fx.split_rotate_store(F.linear(h, w.qkv, w.qkv_bias), cos, sin, self.cache.k[i], self.cache.v[i],
+                                      *store, self.q_heads, self.kv_heads, spec.head_dim)
+            out = self._reduce(F.linear(attend(i, q), w.o))
             hidden, h = fx.add_norm(hidden, out, w.o_bias, w.norm2, w.norm2_bias, spec.norm_eps, spec.llama_like)
             out = self._reduce(F.linear(fx.activate(F.linear(h, w.up, w.up_bias), spec.llama_like), w.down))
             if i + 1 < len(layers):
