@@ -129,3 +129,43 @@ def test_regions_compiled_in_the_background_take_over_and_keep_the_tokens(models
     assert answer(2) == expected.tolist()          # the step that switches, and after it
     assert regions.compiled
     assert answer(3) == expected.tolist()
+
+
+SHAPES_DIR = __import__("os").environ.get("LMJ_SHAPES_DIR")
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.skipif(not SHAPES_DIR, reason="set LMJ_SHAPES_DIR to a folder holding llama-1.1b/ and llama-8b/ "
+                                            "(benchmarks/gpu/generation_bench.py builds them)")
+@pytest.mark.parametrize("shape", ["1.1b", "8b"])
+def test_fp32_real_shapes_equal_generate_alone_and_in_a_busy_batch(shape):
+    """The 1.1B and 8B shapes in fp32 (their bf16 weights cast up, on both sides): greedy tokens equal
+    generate, for a request alone and for the same request among others that join and leave."""
+    import os
+
+    model_dir = os.path.join(SHAPES_DIR, f"llama-{shape}")
+    if not os.path.exists(os.path.join(model_dir, "config.json")):
+        pytest.skip(f"{model_dir} was not built")
+    model = hf_model(model_dir, "float32")
+    prompts = [[5 + (7 * i + 3 * j) % 300 for j in range(16)] for i in range(3)]
+    expected = [model.generate(torch.tensor([p], device="cuda:0"), max_new_tokens=32, do_sample=False,
+                               min_new_tokens=32)[0, 16:].tolist() for p in prompts]
+    del model
+    torch.cuda.empty_cache()
+    handler = leader_on_gpu(model_dir, "float32", slots=4)
+    leader = handler.generation.leader
+    alone = {}
+    leader.add(0, {"input_ids": prompts[0], "max_new_tokens": 32}, stream=False)
+    while leader.busy:
+        alone.update({rid: json.loads(body) for kind, rid, (_, _, body) in leader.step() if kind == "done"})
+    assert alone[0]["token_ids"] == expected[0]
+    busy, steps = {}, 0
+    pending = [(i + 1, {"input_ids": p, "max_new_tokens": 32}) for i, p in enumerate(prompts)]
+    pending.insert(1, (9, {"input_ids": prompts[2][:5], "max_new_tokens": 7}))   # a short one that leaves early
+    while pending or leader.busy:
+        if pending and steps % 5 == 0:
+            rid, item = pending.pop(0)
+            leader.add(rid, item, stream=False)
+        busy.update({rid: json.loads(body) for kind, rid, (_, _, body) in leader.step() if kind == "done"})
+        steps += 1
+    assert [busy[i + 1]["token_ids"] for i in range(3)] == expected
