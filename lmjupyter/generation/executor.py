@@ -111,8 +111,8 @@ class StepExecutor:
     def run(self, plan: StepPlan, logprobs: int | None = None) -> StepOutput | None:
         """Execute ``plan``; ``logprobs`` (decider) is the most alternatives any row asked for, or None."""
         self.last_plan = plan
-        if self.model.regions.switch_if_ready():   # compiled regions: recapture the graphs with them
-            self._new_graphs()
+        if self.model.regions.switch_if_ready() and self.graphs is not None:
+            self._new_graphs()   # compiled regions: capture the graphs again, with them
         out = StepOutput() if self.place.is_decider else None
         first = self._prefill(plan.chunks, out, logprobs) if plan.chunks else None
         decoded = self._decode(plan, out, logprobs) if plan.active else None
