@@ -7,6 +7,8 @@ latency (ITL), request latency, output tokens. Two ways to send them:
 * ``closed``: ``--clients`` loops, each sending its next request when the last ends;
 * ``poisson``: requests arrive at ``--rate`` per second (exponential gaps), each on its own.
 
+``--no-stream`` asks for whole answers (throughput only: the client then costs nothing per token).
+
 Prompts are random token ids (``--prompt-len``), budgets ``--new`` (``a-b`` draws
 uniformly), with ``ignore_eos`` so that each runs its whole budget. While the run
 lasts, the model's ``sequences.running`` is sampled to give the mean running batch.
@@ -55,25 +57,36 @@ def workload(count: int, prompt_len: tuple[int, int], new: tuple[int, int], voca
              "max_new_tokens": rng.randint(*new), "ignore_eos": True} for _ in range(count)]
 
 
-async def one_request(client, url: str, body: dict) -> Outcome:
+async def one_request(client, url: str, body: dict, stream: bool = True) -> Outcome:
+    """One request; streamed, each token's arrival is the time its bytes were read (lines are
+    told apart by their prefix, not parsed, so that the client is not what limits the rate)."""
     outcome = Outcome(body["max_new_tokens"], time.perf_counter())
     try:
+        if not stream:
+            response = await client.post(url, json=body)
+            outcome.done = outcome.first = time.perf_counter()
+            if response.status_code != 200:
+                outcome.error = f"HTTP {response.status_code}: {response.text[:200]!r}"
+            else:
+                outcome.tokens = response.json().get("completion_tokens", 0)
+            return outcome
         async with client.stream("POST", url, params={"stream": "1"}, json=body) as response:
             if response.status_code != 200:
                 outcome.error = f"HTTP {response.status_code}: {(await response.aread())[:200]!r}"
                 return outcome
-            async for line in response.aiter_lines():
-                if not line:
-                    continue
-                message = json.loads(line)
+            rest = b""
+            async for chunk in response.aiter_bytes():
                 now = time.perf_counter()
-                if "partial" in message:
-                    if not outcome.first:
-                        outcome.first = now
-                    outcome.arrivals.append(now)
-                    outcome.tokens += 1
-                elif "error" in message:
-                    outcome.error = message["error"].get("message", "error")
+                lines = (rest + chunk).split(b"\n")
+                rest = lines.pop()
+                for line in lines:
+                    if line.startswith(b'{"partial"'):
+                        if not outcome.first:
+                            outcome.first = now
+                        outcome.arrivals.append(now)
+                        outcome.tokens += 1
+                    elif line.startswith(b'{"error"'):
+                        outcome.error = json.loads(line)["error"].get("message", "error")
     except Exception as exc:  # noqa: BLE001 - recorded, the run goes on
         outcome.error = f"{type(exc).__name__}: {exc}"
     outcome.done = time.perf_counter()
@@ -91,7 +104,7 @@ async def sample_running(client, base: str, model: str, stop: asyncio.Event, int
 
 
 async def run(url: str, token: str, model: str, bodies: list[dict], mode: str, clients: int = 16,
-              rate: float = 8.0, seed: int = 0) -> dict:
+              rate: float = 8.0, seed: int = 0, stream: bool = True) -> dict:
     import httpx
 
     base = url.rstrip("/") + "/"
@@ -108,7 +121,7 @@ async def run(url: str, token: str, model: str, bodies: list[dict], mode: str, c
             async def loop() -> list[Outcome]:
                 done = []
                 while queue:
-                    done.append(await one_request(client, predict, queue.pop(0)))
+                    done.append(await one_request(client, predict, queue.pop(0), stream))
                 return done
 
             outcomes = [o for part in await asyncio.gather(*(loop() for _ in range(clients))) for o in part]
@@ -116,7 +129,7 @@ async def run(url: str, token: str, model: str, bodies: list[dict], mode: str, c
             rng = random.Random(seed)
             tasks = []
             for body in bodies:
-                tasks.append(asyncio.ensure_future(one_request(client, predict, body)))
+                tasks.append(asyncio.ensure_future(one_request(client, predict, body, stream)))
                 await asyncio.sleep(rng.expovariate(rate))
             outcomes = list(await asyncio.gather(*tasks))
         elapsed = time.perf_counter() - started
@@ -178,10 +191,11 @@ def main(argv=None) -> None:
     parser.add_argument("--prompt-len", default="16")
     parser.add_argument("--new", default="128")
     parser.add_argument("--vocab", type=int, default=320)
+    parser.add_argument("--no-stream", action="store_true", help="whole answers only (no TTFT/ITL)")
     args = parser.parse_args(argv)
     bodies = workload(args.requests, parse_range(args.prompt_len), parse_range(args.new), args.vocab)
-    print(json.dumps(asyncio.run(run(args.url, args.token, args.model, bodies, args.mode, args.clients, args.rate)),
-                     indent=2))
+    print(json.dumps(asyncio.run(run(args.url, args.token, args.model, bodies, args.mode, args.clients, args.rate,
+                                     stream=not args.no_stream)), indent=2))
 
 
 if __name__ == "__main__":

@@ -331,9 +331,9 @@ def server(model_dir: Path, root: Path, out: dict, slots: int, quick: bool, hand
         result["deploy_to_ready_s"] = round(ready - t0, 2)
         result["deploy_to_first_token_s"] = round(time.perf_counter() - t0, 2)
 
-        def scenario(name, count, prompt, new, mode="closed", clients=16, rate=8.0):
+        def scenario(name, count, prompt, new, mode="closed", clients=16, rate=8.0, stream=True):
             bodies = serving.workload(count, prompt, new, vocab, seed=len(result))
-            result[name] = asyncio.run(serving.run(srv.url, TOKEN, "llm", bodies, mode, clients, rate))
+            result[name] = asyncio.run(serving.run(srv.url, TOKEN, "llm", bodies, mode, clients, rate, stream=stream))
             print(name, json.dumps({k: v for k, v in result[name].items() if k != "by_budget"}), flush=True)
 
         scenario("warmup", 64, (16, 16), (8, 300), clients=64)   # captures the graph buckets
@@ -341,6 +341,8 @@ def server(model_dir: Path, root: Path, out: dict, slots: int, quick: bool, hand
         scenario("idle_ttft_16tok_prompt", 20, (16, 16), (2, 2), clients=1)
         scenario("idle_16_token_request", 5, (16, 16), (16, 16), clients=1)
         scenario("c16_x128", 64, (16, 16), (128, 128), clients=16)
+        scenario("c16_x128_whole_answers", 64, (16, 16), (128, 128), clients=16, stream=False)
+        scenario("c64_x128_whole_answers", 128, (16, 16), (128, 128), clients=64, stream=False)
         mixed = [16, 64, 128, 256]
         bodies = serving.workload(64, (16, 16), (16, 16), vocab, seed=99)
         for i, body in enumerate(bodies):
