@@ -7,6 +7,7 @@ without re-encoding them. Messages (tuples, first item the kind):
 server -> rank: ("batch", batch_id, [(payload: bytes, content_type: str), ...]) and ("stop",);
                 ("spec", {...}) to a warm spare's ranks when a deploy takes the group
 rank -> server: ("hello", rank, pid), ("spare_ready", rank), ("ready", rank, output_rank),
+                ("phase", rank, name, done, total) while starting (ctx.report_progress),
                 ("init_failed", rank, message, traceback),
                 ("partial", batch_id, [(position, encoded), ...]), ("result", batch_id, [encoded...]),
                 ("error", batch_id, rank, message, traceback)
