@@ -34,6 +34,9 @@ def run_agent(argv: list[str]) -> int:
         return config, forked_rank, script_args
 
     torchrun.config_from_args = rank_as_function  # read by torchrun.run() below, in this process only
+    _cheap_method_names()
+    if args.standalone or torchrun.parse_min_max_nnodes(args.nnodes)[1] == 1:
+        _no_first_round_skew()
     try:
         torchrun.run(args)
     except ChildFailedError as exc:
@@ -53,6 +56,45 @@ def forked_rank(*script_args: str) -> None:
     code = main(list(script_args))
     if code:
         raise SystemExit(code)
+
+
+def _no_first_round_skew() -> None:
+    """One node only: drop the random 0-0.3 s sleep before the first rendezvous round.
+
+    torch's dynamic rendezvous sleeps ``random.uniform(0, 0.3)`` s before a node's first join
+    "to skew the rendezvous attempts across the nodes" (``next_rendezvous`` in
+    ``elastic/rendezvous/dynamic_rendezvous.py``); with one node there is nothing to skew, and
+    the sleep was half of a forked 1-rank start (benchmarks/RESULTS.md). Fixed delays (the 1 s
+    poll of a waiting node) are kept. Multi-node groups keep torchrun's behaviour unchanged.
+    """
+    from torch.distributed.elastic.rendezvous import dynamic_rendezvous
+
+    delay = dynamic_rendezvous._delay
+
+    def delay_unless_skew(seconds):
+        if not isinstance(seconds, tuple):
+            delay(seconds)
+
+    dynamic_rendezvous._delay = delay_unless_skew
+
+
+def _cheap_method_names() -> None:
+    """The same answer as torch's ``get_method_name``, without ``inspect.stack()``.
+
+    The rendezvous names each event it records after the calling method, found with two
+    ``inspect.stack()`` calls: every frame is mapped to its module by scanning all of
+    ``sys.modules`` and its source lines are read, ~0.1-0.3 s per start in a process with
+    torch imported (cProfile of a forked agent; the cost grows with the modules imported).
+    """
+    from torch.distributed.elastic.rendezvous import dynamic_rendezvous
+
+    def get_method_name(depth=2):
+        try:
+            return sys._getframe(depth).f_code.co_name  # frame 0 is this function, as stack()[0]
+        except ValueError:
+            return "no_method_name"
+
+    dynamic_rendezvous.get_method_name = get_method_name
 
 
 def _given(argv: list[str], option: str) -> bool:
