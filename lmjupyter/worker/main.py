@@ -53,6 +53,9 @@ def main(argv: list[str]) -> int:
     report = ctx._report_progress = ProgressReporter(channel, rank)
     try:
         if world_size > 1 or gpu:
+            if "torch" not in sys.modules:  # a cold start; from the fork server torch is imported already
+                report("importing torch")
+                import torch.distributed  # noqa: F401
             report("joining process group")
             # The group's timeout also bounds every collective of a long generation; a hang is
             # caught sooner by the server's responseTimeout, which kills the whole group.
