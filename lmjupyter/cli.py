@@ -32,9 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-fork-server", dest="fork_server", action="store_false",
                        help="start every worker's torchrun in a new interpreter (cold: torch is imported per "
                             "process) instead of forking it from the fork server, which has torch imported")
-    serve.add_argument("--preload", action="append", default=[], metavar="MODULE",
-                       help="a module the fork server imports before forking workers (repeatable; e.g. "
-                            "transformers), so that handlers find it imported")
+    serve.add_argument("--preload", action="append", default=None, metavar="MODULE",
+                       help="a module the fork server imports before forking workers, besides torch "
+                            "(repeatable or comma-separated), so that handlers find it imported; replaces the "
+                            "default, lmjupyter.worker.preload_hf (the Hugging Face classes the built-in "
+                            "handler uses); --preload '' imports torch only")
     serve.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto",
                        help="event loop: auto (the default) takes uvloop when it is installed "
                             "(pip install 'lmjupyter[fast]'; about 10-20%% less server CPU per request), else asyncio's")
@@ -77,7 +79,8 @@ def _serve(args) -> int:
                               allowed_roots=[os.path.abspath(p) for p in args.allow_root],
                               install_requirements=args.install_requirements,
                               warm_spares=max(0, args.warm_spares), fork_server=args.fork_server,
-                              preload=[m for value in args.preload for m in value.split(",") if m])
+                              preload=None if args.preload is None else
+                              [m for value in args.preload for m in value.split(",") if m])
     run = _event_loop(args.loop)
     if run is None:
         print("lmjupyter serve: --loop uvloop: uvloop is not installed (pip install 'lmjupyter[fast]')",

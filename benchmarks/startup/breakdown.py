@@ -8,6 +8,9 @@ the rank's first line (agent start + its torch import + rendezvous + spawn), the
 import, ``init_process_group`` + barrier, the rank's end -> torchrun's exit.
 ``engine``: the engine's own start-up timeline (phase events the ranks send, as the server
 received them) for a deploy of the echo handler, cold (no fork server) and from the fork server.
+``llm``: the same for a tiny Llama (built-in handler, ``python -m lmjupyter.models.tiny``), 1 rank
+and tp=2: from the fork server (default: Hugging Face classes preloaded), with ``--preload ''``
+(torch only), and cold.
 Medians of ``--reps`` runs after one unmeasured run; seconds.
 """
 from __future__ import annotations
@@ -82,7 +85,7 @@ def bench_torchrun(reps: int) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--only", default="imports,torchrun,engine")
+    parser.add_argument("--only", default="imports,torchrun,engine,llm")
     args = parser.parse_args(argv)
     only = set(args.only.split(","))
     results = {}
@@ -94,6 +97,21 @@ def main(argv=None) -> int:
         from engine_timeline import bench_engine  # noqa: E402  (beside this file)
 
         results.update(bench_engine(args.reps))
+    if "llm" in only:
+        from engine_timeline import bench_engine  # noqa: E402
+
+        with tempfile.TemporaryDirectory() as models:
+            model_dir = os.path.join(models, "tiny-llama")
+            subprocess.run([sys.executable, "-m", "lmjupyter.models.tiny", model_dir, "--family", "llama"],
+                           check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            request = {"prompt": "Hello", "max_new_tokens": 4}
+            one = {"model_dir": model_dir, "config": {"deviceType": "cpu"}}
+            two = {"model_dir": model_dir, "config": {"deviceType": "cpu", "parallelType": "tp",
+                                                      "torchrun": {"nproc-per-node": 2}}}
+            results.update(bench_engine(args.reps, variants={
+                "fork server (default)": [], "--preload '' (torch only)": ["--preload", ""],
+                "--no-fork-server": ["--no-fork-server"]},
+                cases={"tiny llama 1 rank": (one, request), "tiny llama tp=2": (two, request)}))
     print(json.dumps(results, indent=2))
     return 0
 

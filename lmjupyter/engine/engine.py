@@ -41,6 +41,8 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 BUILTIN_CAUSAL_LM = "lmjupyter.handlers.causal_lm:CausalLMHandler"
 DEPLOY_KEYS = {"name", "handler", "model_dir", "archive", "config", "config_file", "wait", "dry_run",
                "workers", "version", "install_requirements"}
+# Besides torch: the Hugging Face stack, when installed (a failed import is logged, not fatal).
+DEFAULT_PRELOAD = ["lmjupyter.worker.preload_hf"]
 RESERVED_TORCHRUN_KEYS = {"no-python", "no_python", "module", "m", "run-path", "run_path", "standalone"}
 
 
@@ -53,7 +55,7 @@ class EngineSettings:
     install_requirements: bool = False  # default of the deploy key: pip-install archives' requirements
     warm_spares: int = 0  # torchrun groups kept started with torch imported (engine/spares.py)
     fork_server: bool = True  # start workers from a process with torch imported (engine/launcher.py)
-    preload: list[str] = field(default_factory=list)  # more modules the fork server imports
+    preload: list[str] | None = None  # modules the fork server imports besides torch; None: DEFAULT_PRELOAD
 
 
 class Engine:
@@ -76,8 +78,8 @@ class Engine:
         self.listeners.append(lambda: self.store.save(self))
         self._restoring: asyncio.Task | None = None
         self.spares = SparePool(settings.warm_spares, self.run_dir) if settings.warm_spares > 0 else None
-        self.launcher = (ForkServerLauncher(self._base_env(), os.path.join(self.run_dir, "forkserver.log"),
-                                            settings.preload)
+        preload = DEFAULT_PRELOAD if settings.preload is None else settings.preload
+        self.launcher = (ForkServerLauncher(self._base_env(), os.path.join(self.run_dir, "forkserver.log"), preload)
                          if settings.fork_server else ColdLauncher())
 
     # ---- queries ----------------------------------------------------------------------------

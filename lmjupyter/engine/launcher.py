@@ -106,7 +106,10 @@ class ForkServerLauncher:
     kind = "fork-server"
 
     def __init__(self, env: dict[str, str], log_path: str, preload: list[str] | None = None):
-        self.env = env              # the fork server's own environment (the server's, with our PYTHONPATH)
+        # The fork server's own environment (the server's, with our PYTHONPATH). If a preloaded
+        # module asks torch.cuda.is_available(), NVML answers instead of the CUDA runtime, which
+        # once initialised here would be unusable in every forked child (torch's documented knob).
+        self.env = {**env, "PYTORCH_NVML_BASED_CUDA_CHECK": "1"}
         self.log_path = log_path
         self.preload = list(preload or [])
         self.cold = ColdLauncher()

@@ -46,10 +46,11 @@ class LMServe(ExtensionApp):
         "each group's torchrun agent, whose ranks are forked in turn (a deploy skips the "
         "interpreter start and torch import of every process; ~0.1 s instead of 1.4-2.3 s for "
         "an echo handler on 2 cores). False: every torchrun starts in a new interpreter."))
-    preload = List(Unicode(), config=True, help=(
-        "More modules the fork server imports before forking workers (e.g. ['transformers']), "
-        "so that handlers find them imported. Never a handler's own module: a handler edited "
-        "between two deploys must be the one that answers."))
+    preload = List(Unicode(), default_value=None, allow_none=True, config=True, help=(
+        "Modules the fork server imports before forking workers, besides torch, so that handlers "
+        "find them imported. Default (None): lmjupyter.worker.preload_hf, the Hugging Face classes "
+        "the built-in handler uses; [] imports torch only. Never a handler's own module: a handler "
+        "edited between two deploys must be the one that answers."))
     warm_spares = Int(0, config=True, help=(
         "Keep N torchrun groups started ahead (torch imported, ranks waiting for a model) for the "
         "next worker starts of the same shape; as `lmjupyter serve --warm-spares N`. With the "
@@ -71,7 +72,7 @@ class LMServe(ExtensionApp):
             root_dir=root_dir, model_store=store, gpus=gpus,
             allowed_roots=[os.path.realpath(os.path.expanduser(p)) for p in self.allow_roots],
             install_requirements=self.install_requirements, warm_spares=max(0, self.warm_spares),
-            fork_server=self.fork_server, preload=list(self.preload)))
+            fork_server=self.fork_server, preload=None if self.preload is None else list(self.preload)))
         identity = self.serverapp.identity_provider
         # Password-only servers have no token a kernel could send: mint one these routes accept.
         self.kernel_token = None if identity.token or not identity.auth_enabled else secrets.token_urlsafe(32)
