@@ -26,9 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--install-requirements", action="store_true",
                        help="pip-install archives' requirements files, per model (never into this environment)")
     serve.add_argument("--warm-spares", type=int, default=0, metavar="N",
-                       help="keep N torchrun groups started, torch imported, for the next worker starts of the "
-                            "same shape (nproc, devices, environment): those skip torchrun's start and torch's "
-                            "import, most of a cold start; each spare rank holds ~250 MB of RAM (default 0: off)")
+                       help="keep N torchrun groups started, ranks waiting for a model, for the next worker "
+                            "starts of the same shape (nproc, devices, environment): those skip torchrun's "
+                            "rendezvous too; with the fork server a start is fast already (default 0: off)")
     serve.add_argument("--no-fork-server", dest="fork_server", action="store_false",
                        help="start every worker's torchrun in a new interpreter (cold: torch is imported per "
                             "process) instead of forking it from the fork server, which has torch imported")

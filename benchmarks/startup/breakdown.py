@@ -91,12 +91,15 @@ def main(argv=None) -> int:
     results = {}
     if "imports" in only:
         results["imports (s above a bare interpreter)"] = bench_imports(args.reps)
+        print(json.dumps(results, indent=2), flush=True)
     if "torchrun" in only:
         results.update(bench_torchrun(args.reps))
+        print(json.dumps(results, indent=2), flush=True)
     if "engine" in only:
         from engine_timeline import bench_engine  # noqa: E402  (beside this file)
 
         results.update(bench_engine(args.reps))
+        print(json.dumps(results, indent=2), flush=True)
     if "llm" in only:
         from engine_timeline import bench_engine  # noqa: E402
 
@@ -108,9 +111,10 @@ def main(argv=None) -> int:
             one = {"model_dir": model_dir, "config": {"deviceType": "cpu"}}
             two = {"model_dir": model_dir, "config": {"deviceType": "cpu", "parallelType": "tp",
                                                       "torchrun": {"nproc-per-node": 2}}}
+            allow = ["--allow-root", models]
             results.update(bench_engine(args.reps, variants={
-                "fork server (default)": [], "--preload '' (torch only)": ["--preload", ""],
-                "--no-fork-server": ["--no-fork-server"]},
+                "fork server (default)": allow, "--preload '' (torch only)": [*allow, "--preload", ""],
+                "--no-fork-server": [*allow, "--no-fork-server"]},
                 cases={"tiny llama 1 rank": (one, request), "tiny llama tp=2": (two, request)}))
     print(json.dumps(results, indent=2))
     return 0

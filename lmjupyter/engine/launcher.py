@@ -130,8 +130,8 @@ class ForkServerLauncher:
     # ---- the fork server's life --------------------------------------------------------------------
     def start(self) -> None:
         """Start the fork server in the background (needs the running loop); no-op if it runs."""
-        if self._closed or self.state in ("starting", "ready") or self.restarts > MAX_RESTARTS:
-            return
+        if self._closed or self.state in ("starting", "ready", "failed") or self.restarts > MAX_RESTARTS:
+            return  # (a fork server that failed to come up is not tried again: every start is cold)
         self.state = "starting"
         self._ready = asyncio.get_running_loop().create_future()
         self._starting = asyncio.ensure_future(self._start())
@@ -172,7 +172,7 @@ class ForkServerLauncher:
             self.info = message[1]
             if self.info.get("error"):
                 self._failed(self.info["error"])
-            else:
+            elif not self._ready.done():  # (done: it came too late, after READY_TIMEOUT_S)
                 self.state = "ready"
                 self._ready.set_result(None)
         elif kind in ("started", "refused"):

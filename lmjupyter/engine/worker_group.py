@@ -198,6 +198,7 @@ class WorkerGroup:
         for connection in self._connections:
             connection.group = self
         self._spec_payload = self._payload()
+        self._event(None, "starting ranks", len(self.ranks), self.spec.nproc, "a warm spare's")
         frame = ipc.pack(("spec", self._spec_payload))
         for link in self.ranks.values():
             link.state = "loading"
