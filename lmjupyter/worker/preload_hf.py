@@ -7,6 +7,7 @@ built-in causal-LM handler (and most users' handlers) use.
 (benchmarks/RESULTS.md). Touching the names here does them once, in the fork server. Nothing
 here initialises CUDA (the fork server checks), and no user code is imported.
 """
+import torch.distributed.pipelining  # noqa: F401  (the built-in handler's pp path)
 import transformers
 from safetensors import torch as _safetensors_torch  # noqa: F401
 
