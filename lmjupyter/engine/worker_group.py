@@ -264,7 +264,7 @@ class WorkerGroup:
             _, _, rank, text, trace = message
             self.fail_batch(RequestFailed(500, f"handler failed on rank {rank}: {text}", traceback=trace))
             self._finish_batch()
-        elif kind == "phase":
+        elif kind == "phase" and link.state != "ready":  # start-up phases only
             _, rank, name, done, total = message
             link.phase = {"name": name, "done": done, "total": total}
             self._event(rank, name, done, total)
