@@ -30,6 +30,7 @@ import selectors
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 
@@ -52,6 +53,33 @@ def preload(modules) -> tuple[list[str], dict[str, str]]:
         except Exception as exc:  # e.g. an optional package that is not installed
             failed[name] = f"{type(exc).__name__}: {exc}"
     return done, failed
+
+
+PRELOAD_NICE = 10  # the preload yields the CPU to what the user starts at the same time (a kernel)
+
+
+def preload_politely(modules) -> tuple[list[str], dict[str, str]]:
+    """``preload`` in a thread of lower CPU priority, then back to one thread.
+
+    The fork server starts with the server, when a user's first kernel often starts too; its
+    seconds of imports must not starve that (on 2 cores a kernel that misses its heartbeats is
+    taken for dead). Linux priorities are per thread: the imports run at nice 10 while this main
+    thread, which forks the agents later, keeps the server's priority (a child inherits the
+    forking thread's), and the thread has ended before anything is forked.
+    """
+    result: list = []
+
+    def work() -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), PRELOAD_NICE)
+        except (OSError, AttributeError):
+            pass
+        result.append(preload(modules))
+
+    thread = threading.Thread(target=work, name="lmjupyter-preload")
+    thread.start()
+    thread.join()
+    return result[0]
 
 
 def cuda_touched() -> bool:
@@ -203,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     conn = socket.socket(fileno=args.fd)
     started = time.perf_counter()
     extra = [m for m in args.preload.split(",") if m]
-    done, failed = preload([*BASE_PRELOAD, *extra])
+    done, failed = preload_politely([*BASE_PRELOAD, *extra])
     info = {"pid": os.getpid(), "preloaded": done, "failed": failed,
             "import_s": round(time.perf_counter() - started, 3)}
     if cuda_touched():
