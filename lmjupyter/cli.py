@@ -26,9 +26,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--install-requirements", action="store_true",
                        help="pip-install archives' requirements files, per model (never into this environment)")
     serve.add_argument("--warm-spares", type=int, default=0, metavar="N",
-                       help="keep N torchrun groups started, torch imported, for the next worker starts of the "
-                            "same shape (nproc, devices, environment): those skip torchrun's start and torch's "
-                            "import, most of a cold start; each spare rank holds ~250 MB of RAM (default 0: off)")
+                       help="keep N torchrun groups started, ranks waiting for a model, for the next worker "
+                            "starts of the same shape (nproc, devices, environment): those skip torchrun's "
+                            "rendezvous too; with the fork server a start is fast already (default 0: off)")
+    serve.add_argument("--no-fork-server", dest="fork_server", action="store_false",
+                       help="start every worker's torchrun in a new interpreter (cold: torch is imported per "
+                            "process) instead of forking it from the fork server, which has torch imported")
+    serve.add_argument("--preload", action="append", default=None, metavar="MODULE",
+                       help="a module the fork server imports before forking workers, besides torch "
+                            "(repeatable or comma-separated), so that handlers find it imported; replaces the "
+                            "default, lmjupyter.worker.preload_hf (the Hugging Face classes the built-in "
+                            "handler uses); --preload '' imports torch only")
     serve.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto",
                        help="event loop: auto (the default) takes uvloop when it is installed "
                             "(pip install 'lmjupyter[fast]'; about 10-20%% less server CPU per request), else asyncio's")
@@ -70,7 +78,9 @@ def _serve(args) -> int:
     settings = EngineSettings(root_dir=os.getcwd(), model_store=model_store, gpus=gpus,
                               allowed_roots=[os.path.abspath(p) for p in args.allow_root],
                               install_requirements=args.install_requirements,
-                              warm_spares=max(0, args.warm_spares))
+                              warm_spares=max(0, args.warm_spares), fork_server=args.fork_server,
+                              preload=None if args.preload is None else
+                              [m for value in args.preload for m in value.split(",") if m])
     run = _event_loop(args.loop)
     if run is None:
         print("lmjupyter serve: --loop uvloop: uvloop is not installed (pip install 'lmjupyter[fast]')",

@@ -78,6 +78,11 @@ class Client:
         params = {"tail": tail, **({"rank": rank} if rank is not None else {})}
         return self._call("GET", _model_path(name, version) + "/logs", params=params)["logs"]
 
+    def events(self, name: str, after: int = 0, version: str | None = None) -> dict:
+        """Start-up events with ``seq`` > ``after``: ``{"events": [...], "last": seq, "state": ...}``;
+        pass ``last`` back as ``after`` to get only what happened since."""
+        return self._call("GET", _model_path(name, version) + "/events", params={"after": after})
+
     def gpus(self) -> list[dict]:
         return self._call("GET", "lmserve/api/gpus")["gpus"]
 

@@ -13,6 +13,7 @@ rank -> server: ("hello", rank, pid), ("spare_ready", rank), ("ready", rank, out
                 (handler_info: {"slots": n} for continuous batching, {"request_rows": "torchserve"}),
                 ("events", [(kind, request_id, encoded), ...], stats) from a continuous-batching leader
                 (kind "partial" or "done"; stats {"running", "waiting", "generated"}),
+                ("phase", rank, name, done, total) while starting (ctx.report_progress),
                 ("init_failed", rank, message, traceback),
                 ("partial", batch_id, [(position, encoded), ...]), ("result", batch_id, [encoded...]),
                 ("error", batch_id, rank, message, traceback), ("metrics", [update, ...])

@@ -37,3 +37,42 @@ def test_tour_handler_and_python_client_run(tmp_path):
         assert server.client.list() == []
     finally:
         server.stop()
+
+
+def test_lab_command_skips_a_finished_setup_and_opens_jupyterlab(tmp_path):
+    """The README's first command, once set up (as CI's own setup just did), starts JupyterLab
+    without running the setup again; the quickstart notebook and the lmjupyter routes are there."""
+    import signal
+    import time
+
+    import requests
+
+    root = os.path.dirname(README)
+    log_path = tmp_path / "lab.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(["bash", "scripts/lab.sh", "--no-browser", "--port", "0",
+                                 "--IdentityProvider.token=readme-test"], cwd=root, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        url = None
+        while url is None and time.monotonic() < deadline and proc.poll() is None:
+            match = re.search(r"(http://127\.0\.0\.1:\d+/)lab", log_path.read_text(errors="replace"))
+            url = match and match.group(1)
+            time.sleep(0.2)
+        text = log_path.read_text(errors="replace")
+        assert url, f"JupyterLab did not start:\n{text[-3000:]}"
+        assert "==> .venv is up to date" in text and "==> installing" not in text, text[:2000]
+        headers = {"Authorization": "token readme-test"}
+        health = requests.get(url + "lmserve/api/health", headers=headers, timeout=30)
+        assert health.status_code == 200 and health.json()["status"] == "ok"
+        notebook = requests.get(url + "api/contents/notebooks/quickstart.ipynb", headers=headers, timeout=30)
+        assert notebook.status_code == 200 and notebook.json()["type"] == "notebook"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()

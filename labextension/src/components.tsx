@@ -15,6 +15,7 @@ import {
   formatWorkers,
   plural,
   queueFill,
+  formatPhase,
   rankCount,
   stateKind,
   workerBounds
@@ -85,6 +86,12 @@ function WorkerBlock(props: { worker: IWorker }): JSX.Element {
                 <td>{formatPid(r.pid)}</td>
                 <td>
                   {r.state ? <StateChip state={r.state} /> : <span>—</span>}
+                  {r.phase && r.state !== 'ready' ? (
+                    <span className="jp-LmServe-phase" data-phase={r.phase.name}>
+                      {' '}
+                      {formatPhase(r.phase)}
+                    </span>
+                  ) : null}
                 </td>
               </tr>
             ))}

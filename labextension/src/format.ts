@@ -1,5 +1,5 @@
 /** Formatting and small derivations for the panel; no DOM, no JupyterLab. */
-import type { IModelDescription, IQueue, IWorker } from './types';
+import type { IModelDescription, IPhase, IQueue, IWorker } from './types';
 
 export type StateKind = 'ok' | 'pending' | 'error' | 'unknown';
 
@@ -187,4 +187,16 @@ export function formatAge(thenMs: number | null, nowMs: number): string {
 /** Models in a stable order: by name. */
 export function sortModels(models: IModelDescription[]): IModelDescription[] {
   return [...models].sort((a, b) => a.name.localeCompare(b.name));
+}
+
+/** A start-up phase as people read it: "loading weights 3/22", "initializing"; "" for none. */
+export function formatPhase(phase: IPhase | null | undefined): string {
+  if (!phase || !phase.name) {
+    return '';
+  }
+  const { done, total } = phase;
+  if (typeof done === 'number' && typeof total === 'number') {
+    return `${phase.name} ${done}/${total}`;
+  }
+  return typeof done === 'number' ? `${phase.name} ${done}` : phase.name;
 }

@@ -23,6 +23,9 @@ export class LmServePanel extends PollingWidget {
     const store = new LmServeStore(options.client);
     super({
       task: () => store.refresh(),
+      // Start-up phases (loading weights n/N...) change by the second: follow them closely.
+      isBusy: () =>
+        store.snapshot.models.some(v => v.model.state === 'starting'),
       // The status line names the back-off delay, which changes per failure
       // even when the error text (and so the snapshot) does not.
       onSettled: ok => {

@@ -8,6 +8,8 @@
  * - Inactive (panel hidden, document hidden): nothing is scheduled; becoming
  *   active again runs at once, since what is shown may be stale.
  * - `refresh()` runs now (after an action), or right after the run in flight.
+ * - While `isBusy()` says so (a model is starting), healthy runs come every
+ *   `busyInterval` ms (0.5 s), so that start-up phases show as they happen.
  *
  * Timers are injected so that tests drive time by hand.
  */
@@ -25,6 +27,10 @@ export interface IPollerOptions {
   maxInterval?: number;
   /** Growth of the delay per consecutive failure. */
   factor?: number;
+  /** Delay between healthy runs while `isBusy()` is true, ms. */
+  busyInterval?: number;
+  /** Whether something is changing fast (a model starting): poll every `busyInterval`. */
+  isBusy?: () => boolean;
   timers?: ITimers;
   /** Called after every run, once `failures` is up to date. */
   onSettled?: (ok: boolean) => void;
@@ -32,6 +38,7 @@ export interface IPollerOptions {
 
 export const DEFAULT_INTERVAL = 2000;
 export const DEFAULT_MAX_INTERVAL = 30000;
+export const DEFAULT_BUSY_INTERVAL = 500;
 
 /** The delay before the next run after `failures` consecutive failures. */
 export function backoffDelay(
@@ -60,6 +67,8 @@ export class Poller {
     this._factor = options.factor ?? 2;
     this._timers = options.timers ?? globalTimers;
     this._onSettled = options.onSettled;
+    this._busyInterval = options.busyInterval ?? DEFAULT_BUSY_INTERVAL;
+    this._isBusy = options.isBusy;
   }
 
   /** Whether runs are being scheduled. */
@@ -74,6 +83,9 @@ export class Poller {
 
   /** The delay the next scheduled run waits, given the failures so far. */
   get nextDelay(): number {
+    if (this._failures === 0 && this._isBusy?.()) {
+      return Math.min(this._busyInterval, this._interval);
+    }
     return backoffDelay(
       this._failures,
       this._interval,
@@ -171,6 +183,8 @@ export class Poller {
   }
 
   private readonly _task: () => Promise<void>;
+  private readonly _busyInterval: number;
+  private readonly _isBusy?: () => boolean;
   private readonly _interval: number;
   private readonly _maxInterval: number;
   private readonly _factor: number;

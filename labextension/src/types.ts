@@ -9,10 +9,19 @@
 /** Model states the server reports. Unknown strings are shown as they come. */
 export type ModelState = 'starting' | 'ready' | 'failed' | 'stopping' | string;
 
+/** Where a starting rank is: "loading weights" 3 of 22, "initializing". */
+export interface IPhase {
+  name: string;
+  done?: number | null;
+  total?: number | null;
+}
+
 export interface IRank {
   rank: number;
   pid?: number | null;
   state?: string | null;
+  /** Only while the rank starts: the phase it reported last. */
+  phase?: IPhase | null;
 }
 
 export interface IWorker {

@@ -5,6 +5,7 @@ import {
   configSummary,
   formatAge,
   formatDevices,
+  formatPhase,
   formatQueue,
   formatRate,
   formatVersion,
@@ -45,6 +46,15 @@ describe('format', () => {
     expect(formatDevices('0,1')).toBe('GPU 0,1');
     expect(formatVersion(null)).toBe('—');
     expect(formatVersion(2)).toBe('2');
+  });
+
+  it('formats start-up phases', () => {
+    expect(formatPhase({ name: 'loading weights', done: 3, total: 22 })).toBe('loading weights 3/22');
+    expect(formatPhase({ name: 'starting ranks', done: 0, total: 2 })).toBe('starting ranks 0/2');
+    expect(formatPhase({ name: 'initializing', done: null, total: null })).toBe('initializing');
+    expect(formatPhase({ name: 'downloaded', done: 5 })).toBe('downloaded 5');
+    expect(formatPhase(null)).toBe('');
+    expect(formatPhase(undefined)).toBe('');
   });
 
   it('reads worker bounds and nproc from the model config', () => {

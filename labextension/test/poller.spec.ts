@@ -48,6 +48,36 @@ describe('Poller', () => {
     poller.dispose();
   });
 
+  it('polls every 0.5 s while busy (a model starting), back to 2 s after', async () => {
+    let busy = true;
+    const task = vi.fn(() => Promise.resolve());
+    const poller = new Poller({ task, isBusy: () => busy });
+    poller.setActive(true);
+    expect(task).toHaveBeenCalledTimes(1);
+    await vi.advanceTimersByTimeAsync(500);
+    expect(task).toHaveBeenCalledTimes(2);
+    await vi.advanceTimersByTimeAsync(500 * 3);
+    expect(task).toHaveBeenCalledTimes(5);
+    busy = false;
+    await vi.advanceTimersByTimeAsync(500);
+    expect(task).toHaveBeenCalledTimes(6); // the run scheduled while busy
+    await vi.advanceTimersByTimeAsync(1999);
+    expect(task).toHaveBeenCalledTimes(6);
+    await vi.advanceTimersByTimeAsync(1);
+    expect(task).toHaveBeenCalledTimes(7);
+    poller.dispose();
+  });
+
+  it('backs off on errors even while busy', async () => {
+    const task = vi.fn(() => Promise.reject(new Error('down')));
+    const poller = new Poller({ task, isBusy: () => true });
+    poller.setActive(true);
+    await vi.advanceTimersByTimeAsync(0);
+    expect(poller.failures).toBe(1);
+    expect(poller.nextDelay).toBe(4000);
+    poller.dispose();
+  });
+
   it('never overlaps runs: a slow run delays the next one', async () => {
     const { task, runs } = manualTask();
     const poller = new Poller({ task });

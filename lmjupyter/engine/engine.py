@@ -26,6 +26,7 @@ from typing import Any, Callable
 import lmjupyter
 from lmjupyter.archive.manifest import VERSION_PATTERN
 from lmjupyter.config import ConfigError, ModelConfig, load_config
+from lmjupyter.engine.launcher import ColdLauncher, ForkServerLauncher
 from lmjupyter.engine.metrics import EngineMetrics
 from lmjupyter.engine.model import ServedModel
 from lmjupyter.engine.spares import SparePool
@@ -41,6 +42,8 @@ BUILTIN_CAUSAL_LM = "lmjupyter.handlers.causal_lm:CausalLMHandler"
 DEFAULT_LLM_SLOTS = 16  # batchSize of the built-in causal-LM handler when the config does not say
 DEPLOY_KEYS = {"name", "handler", "model_dir", "archive", "config", "config_file", "wait", "dry_run",
                "workers", "version", "install_requirements"}
+# Besides torch: the Hugging Face stack, when installed (a failed import is logged, not fatal).
+DEFAULT_PRELOAD = ["lmjupyter.worker.preload_hf"]
 RESERVED_TORCHRUN_KEYS = {"no-python", "no_python", "module", "m", "run-path", "run_path", "standalone"}
 
 
@@ -52,6 +55,8 @@ class EngineSettings:
     allowed_roots: list[str] = field(default_factory=list)
     install_requirements: bool = False  # default of the deploy key: pip-install archives' requirements
     warm_spares: int = 0  # torchrun groups kept started with torch imported (engine/spares.py)
+    fork_server: bool = True  # start workers from a process with torch imported (engine/launcher.py)
+    preload: list[str] | None = None  # modules the fork server imports besides torch; None: DEFAULT_PRELOAD
 
 
 class Engine:
@@ -74,6 +79,9 @@ class Engine:
         self.listeners.append(lambda: self.store.save(self))
         self._restoring: asyncio.Task | None = None
         self.spares = SparePool(settings.warm_spares, self.run_dir) if settings.warm_spares > 0 else None
+        preload = DEFAULT_PRELOAD if settings.preload is None else settings.preload
+        self.launcher = (ForkServerLauncher(self._base_env(), os.path.join(self.run_dir, "forkserver.log"), preload)
+                         if settings.fork_server else ColdLauncher())
 
     # ---- queries ----------------------------------------------------------------------------
     def model(self, name: str, version: str | None = None) -> ServedModel:
@@ -122,6 +130,14 @@ class Engine:
         if self._restoring is None:
             self._restoring = asyncio.ensure_future(self.store.restore(self))
         return self._restoring
+
+    def events(self, name: str, after: int = 0, version: str | None = None) -> dict:
+        """A version's start-up events with ``seq`` > ``after`` (worker starts and the ranks'
+        phases, in the order they happened), for ``%lmserve deploy`` and the panels."""
+        model = self.model(name, version)
+        events = [e for e in model.events if e["seq"] > after]
+        return {"name": model.name, "version": model.version, "state": model.state.value,
+                "events": events, "last": events[-1]["seq"] if events else after}
 
     def describe_gpus(self) -> list[dict]:
         self.allocator.held = self._held_gpus()
@@ -354,16 +370,21 @@ class Engine:
                 args += [f"--{key}", str(value)]
         return args
 
-    def _worker_env(self, config: ModelConfig, gpus: list[int], extra_paths=()) -> dict[str, str]:
+    def _base_env(self, extra_paths=()) -> dict[str, str]:
+        """The server's environment for our children: this lmjupyter first on the path, no token."""
         env = dict(os.environ)
         package_parent = os.path.dirname(os.path.dirname(os.path.abspath(lmjupyter.__file__)))
         # extra_paths: the model's own requirements (pip --target)
         env["PYTHONPATH"] = os.pathsep.join(p for p in [package_parent, *extra_paths, env.get("PYTHONPATH", "")] if p)
+        env.pop("TORCHELASTIC_RUN_ID", None)
+        env.pop("LMJUPYTER_TOKEN", None)  # ranks never call the API; keep the secret out of handlers' reach
+        return env
+
+    def _worker_env(self, config: ModelConfig, gpus: list[int], extra_paths=()) -> dict[str, str]:
+        env = self._base_env(extra_paths)
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
         env["OMP_NUM_THREADS"] = str(config.torchrun.omp_number_threads)
         env["PYTHONUNBUFFERED"] = "1"
-        env.pop("TORCHELASTIC_RUN_ID", None)
-        env.pop("LMJUPYTER_TOKEN", None)  # ranks never call the API; keep the secret out of handlers' reach
         return env
 
     def _worker_spec(self, model: ServedModel, worker_id: int, gpus: list[int]) -> WorkerSpec:
@@ -373,7 +394,7 @@ class Engine:
             config=config.as_yaml_dict(other_sections=True), nproc=config.nproc, gpus=gpus,
             torchrun_args=self._torchrun_args(config), env=self._worker_env(config, gpus, model.python_path),
             manifest=model.manifest, spares=self.spares, model_version=model.version,
-            on_metrics=model.metrics.handler_metrics,
+            on_metrics=model.metrics.handler_metrics, launcher=self.launcher, events=model.events,
             run_dir=self.run_dir, log_dir=self._log_dir(model.name, model.version, worker_id),
             startup_timeout=config.startupTimeout)
 
@@ -463,8 +484,12 @@ class Engine:
         gpus = self.allocator.gpus[:1] if config.deviceType == "gpu" else []
         self.spares.remember(WorkerSpec(
             model_name="spare", worker_id=0, handler="", model_dir="", config={}, nproc=config.nproc, gpus=gpus,
-            torchrun_args=self._torchrun_args(config), env=self._worker_env(config, gpus),
+            torchrun_args=self._torchrun_args(config), env=self._worker_env(config, gpus), launcher=self.launcher,
             run_dir=self.run_dir, log_dir="", startup_timeout=config.startupTimeout), times=self.spares.size)
+
+    def start_launcher(self) -> None:
+        """Bring the fork server up now, so that the first deploy finds torch imported. Needs the loop."""
+        self.launcher.start()
 
     def describe_spares(self) -> dict | None:
         return self.spares.describe() if self.spares is not None else None
@@ -478,6 +503,7 @@ class Engine:
             self._restoring.cancel()
         await asyncio.gather(*(m.stop() for m in self._models.values()), return_exceptions=True)
         self._models.clear()
+        await self.launcher.close()
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def _changed(self) -> None:

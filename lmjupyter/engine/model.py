@@ -32,6 +32,7 @@ from lmjupyter.engine.worker_group import WorkerGroup, WorkerSpec, WorkerStartEr
 log = logging.getLogger("lmjupyter")
 MAX_RESTART_ATTEMPTS = 5
 HEALTHY_AFTER_S = 60.0
+MAX_EVENTS = 2000  # start-up events kept per model version (GET .../events)
 
 
 class ServedModel:
@@ -51,6 +52,7 @@ class ServedModel:
         self.source: dict = {}             # what the registry snapshot records to deploy it again
         self.target = config.minWorkers
         self.workers: dict[int, WorkerGroup] = {}
+        self.events: deque[dict] = deque(maxlen=MAX_EVENTS)  # start-up events of its worker groups
         self.gpus: dict[int, list[int]] = dict(gpu_plan)
         self.metrics = metrics
         self.created = time.time()

@@ -92,7 +92,7 @@ class SparePool:
         spec = dataclasses.replace(
             template, model_name="spare", worker_id=self._count, handler="", model_dir="", config={},
             manifest={}, log_dir=os.path.join(self.run_dir, "logs", ".spares", f"s{self._count}"),
-            startup_timeout=SPARE_STARTUP_TIMEOUT, spares=None, spare=True)
+            startup_timeout=SPARE_STARTUP_TIMEOUT, spares=None, spare=True, events=None)
         spare = WorkerGroup(spec, on_batch_done=lambda group: None, on_broken=self._broken)
         self.spares.append(spare)
         self._spawn(self._start(spare))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -20,10 +21,14 @@ from typing import Any, Callable
 
 import lmjupyter
 from lmjupyter import ipc
+from lmjupyter.engine.launcher import ColdLauncher
 from lmjupyter.engine.request import PendingRequest, RequestFailed
 from lmjupyter.engine.slots import SlotRequests
 from lmjupyter.engine.states import WorkerState
 from lmjupyter.procs import pid_alive
+
+COLD = ColdLauncher()
+_event_numbers = itertools.count(1)  # one sequence over every group, so that a model's events sort
 
 
 class WorkerStartError(RuntimeError):
@@ -56,6 +61,8 @@ class WorkerSpec:
     spare: bool = False    # this group is a warm spare: ranks import torch, then wait for a spec
     model_version: str = ""
     on_metrics: Callable[[list], None] | None = field(default=None, repr=False, compare=False)  # handler metrics
+    launcher: Any = field(default=None, repr=False, compare=False)  # engine/launcher.py; None: cold
+    events: Any = field(default=None, repr=False, compare=False)    # a list the start-up events go to
 
     @property
     def devices(self) -> str:
@@ -68,8 +75,12 @@ class WorkerSpec:
         return tuple(self.torchrun_args), tuple(sorted(self.env.items()))
 
     def command(self, spec_file: str) -> list[str]:
-        return [sys.executable, "-m", "lmjupyter.worker.launch", *self.torchrun_args,
-                "-m", "lmjupyter.worker.main", spec_file]
+        """The cold start's command line (what a dry run shows)."""
+        return [sys.executable, "-m", "lmjupyter.worker.launch", *self.torchrun_argv(spec_file)]
+
+    def torchrun_argv(self, spec_file: str) -> list[str]:
+        """torchrun's arguments, then the rank module: what every launcher is given."""
+        return [*self.torchrun_args, "-m", "lmjupyter.worker.main", spec_file]
 
 
 @dataclass
@@ -78,6 +89,7 @@ class RankLink:
     pid: int
     writer: asyncio.Transport  # write() and close(), as a StreamWriter had
     state: str = "loading"
+    phase: dict | None = None  # the start-up phase the rank reported last: {"name", "done", "total"}
 
 
 class _RankConnection(asyncio.Protocol):
@@ -145,6 +157,8 @@ class WorkerGroup:
         """Spawn torchrun (or take a matching warm spare's) and wait until every rank has loaded the handler."""
         spec = self.spec
         os.makedirs(spec.log_dir, mode=0o700, exist_ok=True)
+        self.started_at = time.monotonic()
+        self._event(None, "starting ranks", 0, spec.nproc)
         pool = spec.spares
         if pool is None:
             await self._launch()
@@ -170,13 +184,8 @@ class WorkerGroup:
         spec_file = socket_path[:-5] + ".json"
         with open(os.open(spec_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
             json.dump({"socket": socket_path, "spare": spec.spare, **self._payload()}, f)
-        agent_log = open(self.agent_log, "ab")
-        try:
-            self.process = await asyncio.create_subprocess_exec(
-                *spec.command(spec_file), env=spec.env, stdin=asyncio.subprocess.DEVNULL,
-                stdout=agent_log, stderr=agent_log, start_new_session=True)
-        finally:
-            agent_log.close()
+        launcher = spec.launcher or COLD
+        self.process = await launcher.launch(spec.torchrun_argv(spec_file), spec.env, self.agent_log)
         self._spawn(self._watch_exit())
 
     def _payload(self) -> dict:
@@ -199,6 +208,7 @@ class WorkerGroup:
         for connection in self._connections:
             connection.group = self
         self._spec_payload = self._payload()
+        self._event(None, "starting ranks", len(self.ranks), self.spec.nproc, "a warm spare's")
         frame = ipc.pack(("spec", self._spec_payload))
         for link in self.ranks.values():
             link.state = "loading"
@@ -220,10 +230,13 @@ class WorkerGroup:
             loaded = sorted(r for r, link in self.ranks.items() if link.state == "ready")
             self.state = WorkerState.FAILED
             await self.kill()
-            raise WorkerStartError(f"worker {self.id} did not start within startupTimeout={spec.startup_timeout:g}s "
-                                   f"(ranks ready: {loaded or 'none'} of {spec.nproc})") from None
-        except WorkerStartError:
+            message = (f"worker {self.id} did not start within startupTimeout={spec.startup_timeout:g}s "
+                       f"(ranks ready: {loaded or 'none'} of {spec.nproc})")
+            self._event(None, "failed", None, None, message)
+            raise WorkerStartError(message) from None
+        except WorkerStartError as exc:
             self.state = WorkerState.FAILED
+            self._event(None, "failed", None, None, str(exc).splitlines()[0])
             await self.kill()
             raise
         self.state = WorkerState.READY
@@ -235,6 +248,8 @@ class WorkerGroup:
         elif message[0] == "hello":
             _, rank, pid = message
             connection.link = self.ranks[rank] = RankLink(rank, pid, connection.transport)
+            if not self.spec.spare:
+                self._event(None, "starting ranks", len(self.ranks), self.spec.nproc)
             if self._spec_payload is not None:
                 connection.transport.write(ipc.pack(("spec", self._spec_payload)))
         else:
@@ -261,12 +276,19 @@ class WorkerGroup:
             self._finish_batch()
         elif kind == "events":
             self.requests.on_events(message[1], message[2])
+        elif kind == "phase" and link.state != "ready":  # start-up phases only
+            _, rank, name, done, total = message
+            link.phase = {"name": name, "done": done, "total": total}
+            self._event(rank, name, done, total)
         elif kind == "ready":
             link.state = "ready"
+            link.phase = None
             self.output_rank = message[2]
             self.handler_info = message[3] if len(message) > 3 else {}
             self.slots = int(self.handler_info.get("slots", 0))
+            self._event(link.rank, "ready", None, None)
             if len(self.ranks) == self.spec.nproc and all(r.state == "ready" for r in self.ranks.values()):
+                self._event(None, "ready", None, None)
                 _resolve(self._ready, None)
         elif kind == "metrics" and self.spec.on_metrics is not None:
             self.spec.on_metrics(message[1])
@@ -277,6 +299,7 @@ class WorkerGroup:
         elif kind == "init_failed":
             link.state = "failed"
             _, rank, text, trace = message
+            self._event(rank, "failed", None, None, text)
             _resolve(self._ready, WorkerStartError(f"initialize failed on rank {rank}: {text}", trace, permanent=True))
 
     async def _watch_exit(self) -> None:
@@ -384,10 +407,24 @@ class WorkerGroup:
             link.writer.close()
 
     # ---- description --------------------------------------------------------------------------
+    def _event(self, rank: int | None, phase: str, done, total, message: str | None = None) -> None:
+        """One start-up event (the engine's, or a rank's ``phase`` message) for ``.../events``."""
+        if self.spec.events is None:
+            return
+        event = {"seq": next(_event_numbers), "worker": self.id, "rank": rank, "phase": phase,
+                 "done": done, "total": total, "t": round(time.monotonic() - self.started_at, 3)}
+        if message:
+            event["message"] = message
+        self.spec.events.append(event)
+
     def describe(self) -> dict:
-        out = {"id": self.id, "state": self.state.value, "devices": self.spec.devices,
-               "ranks": [{"rank": link.rank, "pid": link.pid, "state": link.state}
-                         for link in sorted(self.ranks.values(), key=lambda link: link.rank)]}
+        ranks = []
+        for link in sorted(self.ranks.values(), key=lambda link: link.rank):
+            rank = {"rank": link.rank, "pid": link.pid, "state": link.state}
+            if link.phase is not None:
+                rank["phase"] = link.phase
+            ranks.append(rank)
+        out = {"id": self.id, "state": self.state.value, "devices": self.spec.devices, "ranks": ranks}
         if self.slots:
             out["slots"] = self.requests.describe()
         return out

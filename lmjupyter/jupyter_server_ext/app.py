@@ -41,6 +41,20 @@ class LMServe(ExtensionApp):
         "server's root_dir and the model store."))
     install_requirements = Bool(False, config=True, help=(
         "pip-install the requirements file an archive lists, per model (never into this environment)."))
+    fork_server = Bool(True, config=True, help=(
+        "Start worker groups from the fork server: one process with torch imported that forks "
+        "each group's torchrun agent, whose ranks are forked in turn (a deploy skips the "
+        "interpreter start and torch import of every process; ~0.1 s instead of 1.4-2.3 s for "
+        "an echo handler on 2 cores). False: every torchrun starts in a new interpreter."))
+    preload = List(Unicode(), default_value=None, allow_none=True, config=True, help=(
+        "Modules the fork server imports before forking workers, besides torch, so that handlers "
+        "find them imported. Default (None): lmjupyter.worker.preload_hf, the Hugging Face classes "
+        "the built-in handler uses; [] imports torch only. Never a handler's own module: a handler "
+        "edited between two deploys must be the one that answers."))
+    warm_spares = Int(0, config=True, help=(
+        "Keep N torchrun groups started ahead (torch imported, ranks waiting for a model) for the "
+        "next worker starts of the same shape; as `lmjupyter serve --warm-spares N`. With the "
+        "fork server a start is already fast; spares also skip torchrun's rendezvous."))
     export_environment = Bool(True, config=True, help=(
         "Export LMJUPYTER_URL and LMJUPYTER_TOKEN to the environment kernels inherit, so "
         "that %lmserve and lmjupyter.discovery.connect() find this server."))
@@ -57,7 +71,8 @@ class LMServe(ExtensionApp):
         self.engine = Engine(EngineSettings(
             root_dir=root_dir, model_store=store, gpus=gpus,
             allowed_roots=[os.path.realpath(os.path.expanduser(p)) for p in self.allow_roots],
-            install_requirements=self.install_requirements))
+            install_requirements=self.install_requirements, warm_spares=max(0, self.warm_spares),
+            fork_server=self.fork_server, preload=None if self.preload is None else list(self.preload)))
         identity = self.serverapp.identity_provider
         # Password-only servers have no token a kernel could send: mint one these routes accept.
         self.kernel_token = None if identity.token or not identity.auth_enabled else secrets.token_urlsafe(32)
@@ -73,6 +88,8 @@ class LMServe(ExtensionApp):
         """Once the server listens: its port is known (kernels start after this), the loop runs."""
         if self.export_environment:
             self.export_env()
+        self.engine.start_launcher()  # the fork server imports torch now, before the first deploy
+        self.engine.start_spares()
         self.engine.restore()  # models of the model store's registry snapshot come back
 
     def server_url(self) -> str:

@@ -98,8 +98,11 @@ class LMServeMagics(Magics):
           %lmserve deploy NAME [--handler PATH|module:Class] [--config FILE] [--model-dir DIR]
                                [--workers N] [--nproc N] [--version V] [--dry-run] [--no-wait]
                  start NAME's workers; defaults are what the cell magics saved for NAME.
-                 A progress bar follows every rank until the model is ready, then the
-                 worker table shows each rank's pid and device. --dry-run shows the GPU
+                 A progress bar follows every rank until the model is ready, with the
+                 phases each rank went through as they happen (starting ranks, joining
+                 process group, importing handler, initializing, and what the handler
+                 reports: loading weights n/N, capturing graphs...), then the worker
+                 table shows each rank's pid and device. --dry-run shows the GPU
                  plan and torchrun commands and starts nothing.
           %lmserve deploy --archive A.mar   an archive (a TorchServe .mar too) under its own
                  model name and version, from its manifest.
@@ -237,11 +240,14 @@ class LMServeMagics(Magics):
             display(workers_table(description))
             return None
         live = Live()
+        events, last = _start_events(client, name, description)
         while description["state"] not in TERMINAL_STATES:
-            live.update(deploy_progress(description, time.monotonic() - started))
+            live.update(deploy_progress(description, time.monotonic() - started, events))
             time.sleep(POLL_INTERVAL)
             description = client.describe(name)
-        live.update(deploy_progress(description, time.monotonic() - started))
+            last = _more_events(client, name, description.get("version"), events, last)
+        _more_events(client, name, description.get("version"), events, last)
+        live.update(deploy_progress(description, time.monotonic() - started, events))
         display(workers_table(description))
         if description["state"] == "failed":
             error = description.get("error") or {}
@@ -332,6 +338,24 @@ class LMServeMagics(Magics):
 
 
 SUBCOMMANDS = ("handler", "config", "deploy", "query", "status", "scale", "undeploy", "logs", "panel", "connect")
+
+
+def _start_events(client, name: str, description: dict) -> tuple[list[dict], int]:
+    """The start-up events so far: a deploy makes a new model version, so all of them are this deploy's."""
+    try:
+        answer = client.events(name, 0, description.get("version"))
+    except LMServeError:
+        return [], 0  # a server without the events route: the progress bar alone
+    return list(answer["events"]), answer["last"]
+
+
+def _more_events(client, name: str, version, events: list[dict], last: int) -> int:
+    try:
+        answer = client.events(name, last, version)
+    except LMServeError:
+        return last
+    events.extend(answer["events"])
+    return answer["last"]
 
 
 def _existing(path: str) -> str | None:

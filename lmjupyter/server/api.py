@@ -77,7 +77,8 @@ class ApiMixin:
 class HealthHandler(ApiMixin):
     @api_errors
     async def get(self):
-        health = {"status": "ok", "version": lmjupyter.__version__}
+        health = {"status": "ok", "version": lmjupyter.__version__,
+                  "launcher": self.engine.launcher.describe()}
         spares = self.engine.describe_spares()
         if spares is not None:  # lmjupyter serve --warm-spares N
             health["warm_spares"] = spares
@@ -129,6 +130,18 @@ class LogsHandler(ApiMixin):
         except ValueError:
             raise ApiError(400, "rank and tail must be integers") from None
         self.send_json({"logs": self.engine.logs(name, rank_number, lines, version)})
+
+
+class EventsHandler(ApiMixin):
+    """Start-up events after ``?after=SEQ``: worker starts and each rank's phases, in order."""
+
+    @api_errors
+    async def get(self, name, version=None):
+        try:
+            after = int(self.get_argument("after", "0"))
+        except ValueError:
+            raise ApiError(400, "after must be an integer (the last seq seen)", key="after") from None
+        self.send_json(self.engine.events(name, after, version))
 
 
 class GpusHandler(ApiMixin):
@@ -230,9 +243,11 @@ ROUTES = [
     (rf"{API}/models/([^/]+)", ModelHandler),
     (rf"{API}/models/([^/]+)/predict", PredictHandler),
     (rf"{API}/models/([^/]+)/logs", LogsHandler),
+    (rf"{API}/models/([^/]+)/events", EventsHandler),
     (rf"{API}/models/([^/]+)/versions/([^/]+)", ModelHandler),
     (rf"{API}/models/([^/]+)/versions/([^/]+)/predict", PredictHandler),
     (rf"{API}/models/([^/]+)/versions/([^/]+)/logs", LogsHandler),
+    (rf"{API}/models/([^/]+)/versions/([^/]+)/events", EventsHandler),
     (rf"{API}/models/([^/]+)/versions/([^/]+)/default", DefaultVersionHandler),
     (rf"{API}/gpus", GpusHandler),
     ("lmserve/metrics", MetricsHandler),

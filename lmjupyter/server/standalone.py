@@ -89,6 +89,7 @@ async def serve(host: str, port: int, token: str | None, settings: EngineSetting
     loop_name = type(asyncio.get_running_loop()).__module__.split(".")[0]  # uvloop or asyncio
     announce(f"lmjupyter serving at {url} (GPUs: {settings.gpus or 'none'}; event loop: {loop_name})\n"
              f"token: {token}\nserver info: {info_file}", flush=True)
+    engine.start_launcher()  # the fork server imports torch now, before the first deploy needs it
     engine.start_spares()  # --warm-spares N: torchrun groups with torch imported, for the next deploys
     engine.restore()  # models of the store's registry snapshot come back in the background
     stop = asyncio.Event()

@@ -119,7 +119,7 @@ def workers_table(model: dict, css_class: str = "lmj-workers") -> Table:
             rank = r.get("rank")
             rows.append([w["id"], (w["state"], w["state"]), w.get("devices") or "cpu",
                          "" if rank is None else rank, r.get("pid", ""),
-                         (r["state"], r["state"]) if r.get("state") else "",
+                         (rank_state_text(r), r["state"]) if r.get("state") else "",
                          "" if rank is None else rank_device(model, w, rank)])
     config = model.get("config", {})
     nproc = config.get("torchrun", {}).get("nproc-per-node", 1)
@@ -130,6 +130,45 @@ def workers_table(model: dict, css_class: str = "lmj-workers") -> Table:
                               + list(model.get("warnings") or [])))
     return Table(["worker", "state", "CUDA_VISIBLE_DEVICES", "rank", "pid", "rank state", "device"],
                  rows, title=title, css_class=css_class, empty="no workers running", footer=footer)
+
+
+def phase_text(phase: dict | None) -> str:
+    """A start-up phase as people read it: "loading weights 3/22", "initializing"."""
+    if not phase:
+        return ""
+    done, total = phase.get("done"), phase.get("total")
+    count = f" {done}/{total}" if done is not None and total is not None else (f" {done}" if done is not None else "")
+    return f"{phase.get('name', '')}{count}"
+
+
+def rank_state_text(rank: dict) -> str:
+    """A rank's state, with the phase it is in while it starts: "loading: loading weights 3/22"."""
+    phase = phase_text(rank.get("phase"))
+    return f"{rank['state']}: {phase}" if phase and rank.get("state") != "ready" else rank["state"]
+
+
+def timeline(events: list[dict]) -> list[tuple[str, list[tuple[str, float]]]]:
+    """Start-up events as one line per worker and rank, phases in the order they came, each with
+    the time it was reached; repeats of a phase (loading weights 1/22, 2/22...) keep the latest count."""
+    lines: dict[str, list[tuple[str, float]]] = {}
+    phases: dict[str, list[str]] = {}
+    for event in sorted(events, key=lambda e: e["seq"]):
+        who = f"w{event['worker']}" + ("" if event.get("rank") is None else f"/r{event['rank']}")
+        steps, names = lines.setdefault(who, []), phases.setdefault(who, [])
+        text = phase_text({"name": event["phase"], "done": event.get("done"), "total": event.get("total")})
+        if event.get("message"):
+            text += f" ({event['message']})"
+        if names and names[-1] == event["phase"]:
+            steps[-1] = (text, event["t"])
+        else:
+            steps.append((text, event["t"]))
+            names.append(event["phase"])
+    return list(lines.items())
+
+
+def timeline_text(events: list[dict]) -> str:
+    return "\n".join(f"  {who}: " + " -> ".join(f"{text} ({t:.2f}s)" for text, t in steps)
+                     for who, steps in timeline(events))
 
 
 def plan_table(plan: dict) -> Table:

@@ -26,6 +26,7 @@ class Context:
     system_properties: dict = field(default_factory=dict)
     model_version: str | None = None
     _send_intermediate: Callable[[list], None] | None = field(default=None, repr=False)
+    _report_progress: Callable[[str, Any, Any], None] | None = field(default=None, repr=False)
 
     @property
     def handler_config(self) -> dict:
@@ -40,3 +41,10 @@ class Context:
         """Stream one partial result per request of the current batch to the clients."""
         if self._send_intermediate is not None:
             self._send_intermediate(partials)
+
+    def report_progress(self, phase: str, done: int | None = None, total: int | None = None) -> None:
+        """Tell the server (and so ``%lmserve deploy`` and the panels) where ``initialize`` is:
+        ``ctx.report_progress("loading weights", 3, 22)``. Cheap to call often: repeats of one
+        phase are sent at most 20 times a second, and always its first and last (done == total)."""
+        if self._report_progress is not None:
+            self._report_progress(phase, done, total)

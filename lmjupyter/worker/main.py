@@ -16,6 +16,7 @@ import json
 import os
 import signal
 import sys
+import time
 import traceback
 
 from lmjupyter.ipc import BlockingChannel
@@ -32,6 +33,7 @@ def main(argv: list[str]) -> int:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     _redirect_output(os.path.join(spec["log_dir"], f"rank{rank}.log"))
+    _threads_from_environment()
 
     channel = BlockingChannel(spec["socket"])
     channel.send(("hello", rank, os.getpid()))
@@ -51,14 +53,21 @@ def main(argv: list[str]) -> int:
                            "batch_size": config.get("batchSize", 1), "server_name": "lmjupyter",
                            "server_version": spec.get("server_version", ""), "limit_max_image_pixels": True},
     )
+    report = ctx._report_progress = ProgressReporter(channel, rank)
     try:
         if world_size > 1 or gpu:
+            if "torch" not in sys.modules:  # a cold start; from the fork server torch is imported already
+                report("importing torch")
+                import torch.distributed  # noqa: F401
+            report("joining process group")
             # The group's timeout also bounds every collective of a long generation; a hang is
             # caught sooner by the server's responseTimeout, which kills the whole group.
             _init_distributed(gpu, world_size, max(spec.get("startup_timeout", 120), spec.get("response_timeout", 120)) + 60)
         from lmjupyter.compat.torchserve.adapter import adapt_handler
         from lmjupyter.worker.loader import load_handler
+        report("importing handler")
         handler = adapt_handler(load_handler(spec["handler"], spec["model_dir"]), spec["handler"], ctx.manifest)
+        report("initializing")
         handler.initialize(ctx)
         output_rank = _output_rank(handler, ctx)
     except BaseException as exc:  # the client must see why loading failed
@@ -89,6 +98,33 @@ def _takes_raw_requests(handler) -> bool:
     from lmjupyter.compat.torchserve.adapter import TorchServeHandler
 
     return isinstance(handler, TorchServeHandler)
+
+
+class ProgressReporter:
+    """``ctx.report_progress``: ("phase", rank, name, done, total) messages, at most 20 a second per phase."""
+
+    MIN_INTERVAL_S = 0.05
+
+    def __init__(self, channel: BlockingChannel, rank: int):
+        self.channel, self.rank = channel, rank
+        self._last_phase, self._last_sent = None, 0.0
+
+    def __call__(self, phase: str, done=None, total=None) -> None:
+        now = time.monotonic()
+        last = done is None or (total is not None and done >= total)
+        if phase == self._last_phase and not last and now - self._last_sent < self.MIN_INTERVAL_S:
+            return
+        self._last_phase, self._last_sent = phase, now
+        self.channel.send(("phase", self.rank, str(phase), done, total))
+
+
+def _threads_from_environment() -> None:
+    """A rank forked with torch imported (the fork server) must set its thread count itself: the
+    OpenMP runtime read OMP_NUM_THREADS when the fork server loaded it, not this rank's value."""
+    torch = sys.modules.get("torch")
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    if torch is not None and threads.isdigit() and int(threads) > 0:
+        torch.set_num_threads(int(threads))
 
 
 def _wait_as_spare(channel: BlockingChannel, rank: int) -> dict | None:

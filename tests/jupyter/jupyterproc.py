@@ -117,6 +117,28 @@ class ServerKernel:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"no connection file {self.connection_file}")
             time.sleep(0.05)
+        self._wait_for_heartbeat(timeout=60)
+
+    def _wait_for_heartbeat(self, timeout: float) -> None:
+        """Until the kernel echoes on its heartbeat port. nbclient's client, which no KernelManager
+        made, takes one missed heartbeat after its first second for a dead kernel; a kernel still
+        importing ipykernel on a busy 2-core machine (e.g. while a fork server imports torch) would
+        be "dead before replying to kernel_info" and shut down."""
+        import json as _json
+
+        import zmq
+
+        info = _json.loads(self.connection_file.read_text())
+        sock = zmq.Context.instance().socket(zmq.REQ)
+        sock.linger = 0
+        try:
+            sock.connect(f"{info.get('transport', 'tcp')}://{info['ip']}:{info['hb_port']}")
+            sock.send(b"ping")
+            if not sock.poll(int(timeout * 1000)):
+                raise RuntimeError(f"kernel {self.kernel_id} did not answer its heartbeat within {timeout:g}s")
+            sock.recv()
+        finally:
+            sock.close()
 
     def client(self, **kwargs):
         from jupyter_client.asynchronous import AsyncKernelClient

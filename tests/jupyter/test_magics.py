@@ -58,6 +58,11 @@ CELLS = {
                 "packed = %lmserve query packed \"from an archive\"\n"
                 "print(repr(packed))\n"
                 "%lmserve undeploy packed"),
+    "progress_handler": ("%%lmserve handler progress\nimport time\nfrom lmjupyter.handlers import BaseHandler\n\n"
+                         "class Progress(BaseHandler):\n    def initialize(self, ctx):\n"
+                         "        for step in range(1, 5):\n            time.sleep(0.1)\n"
+                         "            ctx.report_progress('loading weights', step, 4)\n"),
+    "progress_deploy": "%lmserve deploy progress --nproc 2\n%lmserve undeploy progress",
     "undeploy": "%lmserve undeploy echo",
     "boom_handler": ("%%lmserve handler boom\nfrom lmjupyter.handlers import BaseHandler\n\n"
                      "class Boom(BaseHandler):\n    def initialize(self, ctx):\n"
@@ -135,6 +140,18 @@ def test_deploy_query_logs_status(cells):
     assert "rank 0/1 ready" in cells["logs"][1]
     assert "echo v1: ready, 1 worker(s) x 1 rank(s) on cpu" in cells["model_status"][1]
     assert "undeployed echo: 1 worker(s), 1 rank process(es) ended" in cells["undeploy"][1]
+
+
+def test_deploy_shows_every_rank_s_phases_in_order(cells):
+    text = cells["progress_deploy"][1]
+    assert "progress: ready" in text and "2/2 ranks ready" in text
+    assert "w1: starting ranks 0/2" not in text  # repeats of a phase show its latest count...
+    assert "w1: starting ranks 2/2" in text       # ...which is all of them
+    for rank in (0, 1):
+        line = next(ln for ln in text.splitlines() if ln.strip().startswith(f"w1/r{rank}:"))
+        phases = [step.rsplit(" (", 1)[0] for step in line.split(":", 1)[1].split(" -> ")]
+        assert [p.strip() for p in phases] == ["joining process group", "importing handler", "initializing",
+                                               "loading weights 4/4", "ready"], line
 
 
 def test_deploy_from_an_archive(cells):

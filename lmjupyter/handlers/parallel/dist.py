@@ -47,6 +47,7 @@ class Layout:
     rank: int
     device: torch.device
     mesh: object = None  # DeviceMesh of shape (pp, tp), None for one rank
+    progress: object = None  # ctx.report_progress(phase, done, total), for the loaders
 
     @property
     def pp_index(self) -> int:
@@ -74,13 +75,14 @@ def make_layout(ctx, pp: int, tp: int) -> Layout:
     if pp * tp != ctx.world_size:
         raise ValueError(f"pp={pp} x tp={tp} does not match world_size={ctx.world_size}")
     device = torch.device(ctx.device)
+    progress = getattr(ctx, "report_progress", None)
     if ctx.world_size == 1:
-        return Layout(1, 1, 0, device)
+        return Layout(1, 1, 0, device, progress=progress)
     ensure_process_group(ctx)
     from torch.distributed.device_mesh import init_device_mesh
 
     mesh = init_device_mesh(device.type, (pp, tp), mesh_dim_names=("pp", "tp"))
-    return Layout(pp, tp, dist.get_rank(), device, mesh)
+    return Layout(pp, tp, dist.get_rank(), device, mesh, progress=progress)
 
 
 def broadcast_(tensor: torch.Tensor, src: int) -> torch.Tensor:

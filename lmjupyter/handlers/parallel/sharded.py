@@ -50,7 +50,7 @@ def load_tp_model(model_dir, family: Family, layout, dtype) -> nn.Module:
     if layout.tp > 1:
         _tensor_parallel(model, family, layout.tp_mesh, family.config.num_hidden_layers, True, True)
     ckpt = Checkpoint(model_dir)
-    materialize(model, ckpt, lambda name: family.source_of(name, ckpt), layout.device, dtype)
+    materialize(model, ckpt, lambda name: family.source_of(name, ckpt), layout.device, dtype, layout.progress)
     return model
 
 
@@ -100,7 +100,8 @@ def load_stage(model_dir, family: Family, layout, dtype) -> Stage:
     if layout.tp > 1:
         _tensor_parallel(lm, family, layout.tp_mesh, stop - start, first, last)
     ckpt = Checkpoint(model_dir)
-    materialize(lm, ckpt, lambda name: family.source_of(name, ckpt, layer_offset=start), layout.device, dtype)
+    materialize(lm, ckpt, lambda name: family.source_of(name, ckpt, layer_offset=start), layout.device, dtype,
+                layout.progress)
     return Stage(lm, family, first, last).eval()
 
 

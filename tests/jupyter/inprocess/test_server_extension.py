@@ -91,8 +91,9 @@ async def test_traitlets_reach_the_engine(extension, jp_root_dir, tmp_path):
     assert engine.root_dir == os.path.realpath(jp_root_dir)
     for root in (jp_root_dir, tmp_path / "store", tmp_path / "extra-root"):
         assert os.path.realpath(root) in engine.allowed_roots
-    for trait in ("model_store", "gpus", "allow_roots"):
+    for trait in ("model_store", "gpus", "allow_roots", "fork_server", "preload", "warm_spares"):
         assert LMServe.class_traits()[trait].help
+    assert engine.settings.fork_server is True and engine.launcher.kind == "fork-server"  # the default
 
 
 async def test_gpu_plan_of_a_dry_run(jp_fetch, handler_file):
@@ -189,5 +190,7 @@ async def test_stop_extension_ends_every_worker(jp_fetch, jp_serverapp, handler_
     second = await _deploy(jp_fetch, handler_file, "two")
     pids = _pids(first) + _pids(second)
     assert len(pids) == 4 and all(pid_alive(p) for p in pids)
+    launcher = json.loads((await jp_fetch("lmserve", "api", "health")).body)["launcher"]
+    assert launcher["kind"] == "fork-server" and launcher["state"] == "ready" and launcher["forked"] == 2
     await jp_serverapp.extension_manager.stop_all_extensions()  # what server shutdown calls
-    await _until_gone(pids, timeout=10)
+    await _until_gone(pids + [launcher["pid"]], timeout=10)
