@@ -52,6 +52,12 @@ class WorkerSpec:
     manifest: dict = field(default_factory=dict)
     spares: Any = field(default=None, repr=False, compare=False)  # the engine's SparePool, if any
     spare: bool = False    # this group is a warm spare: ranks import torch, then wait for a spec
+    nnodes: int = 1        # hosts of the group; > 1: ``remote`` (lmjupyter/nodes/launch.py) starts the others
+    remote: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc * self.nnodes
 
     @property
     def devices(self) -> str:
@@ -63,8 +69,8 @@ class WorkerSpec:
         included) and the whole environment (CUDA_VISIBLE_DEVICES, OMP_NUM_THREADS, PYTHONPATH...)."""
         return tuple(self.torchrun_args), tuple(sorted(self.env.items()))
 
-    def command(self, spec_file: str) -> list[str]:
-        return [sys.executable, "-m", "lmjupyter.worker.launch", *self.torchrun_args,
+    def command(self, spec_file: str, extra_args=()) -> list[str]:
+        return [sys.executable, "-m", "lmjupyter.worker.launch", *self.torchrun_args, *extra_args,
                 "-m", "lmjupyter.worker.main", spec_file]
 
 
@@ -74,14 +80,16 @@ class RankLink:
     pid: int
     writer: asyncio.Transport  # write() and close(), as a StreamWriter had
     state: str = "loading"
+    node: str | None = None    # the agent's node a rank on another host runs on; None: this host
 
 
 class _RankConnection(asyncio.Protocol):
     """One rank's socket: each frame is decoded as soon as it is in and handed to the group
     in the same event-loop callback (no reader task to wake, no per-message coroutine)."""
 
-    def __init__(self, group: "WorkerGroup"):
+    def __init__(self, group: "WorkerGroup", node: str | None = None):
         self.group = group
+        self.node = node
         self.link: RankLink | None = None
         self.transport: asyncio.Transport | None = None
         self._frames = ipc.FrameDecoder()
@@ -136,6 +144,10 @@ class WorkerGroup:
         """Spawn torchrun (or take a matching warm spare's) and wait until every rank has loaded the handler."""
         spec = self.spec
         os.makedirs(spec.log_dir, mode=0o700, exist_ok=True)
+        if spec.remote is not None:  # a group across hosts (lmjupyter/nodes/launch.py)
+            await spec.remote.launch(self)
+            await self._wait_ready()
+            return
         pool = spec.spares
         if pool is None:
             await self._launch()
@@ -152,7 +164,7 @@ class WorkerGroup:
         finally:
             pool.group_started(spec)
 
-    async def _launch(self) -> None:
+    async def _launch(self, extra_args=()) -> None:
         spec = self.spec
         socket_path = os.path.join(spec.run_dir, f"{spec.model_name[:40]}-w{spec.worker_id}-{id(self)}.sock")
         self._server = await asyncio.get_running_loop().create_unix_server(
@@ -164,7 +176,7 @@ class WorkerGroup:
         agent_log = open(self.agent_log, "ab")
         try:
             self.process = await asyncio.create_subprocess_exec(
-                *spec.command(spec_file), env=spec.env, stdin=asyncio.subprocess.DEVNULL,
+                *spec.command(spec_file, extra_args), env=spec.env, stdin=asyncio.subprocess.DEVNULL,
                 stdout=agent_log, stderr=agent_log, start_new_session=True)
         finally:
             agent_log.close()
@@ -195,6 +207,10 @@ class WorkerGroup:
             link.writer.write(frame)
         self._spawn(self._watch_exit())
 
+    def rank_protocol(self, node: str) -> asyncio.Protocol:
+        """The protocol of a rank connection from another host, once it has authenticated."""
+        return _RankConnection(self, node)
+
     def current(self) -> "WorkerGroup":
         """The group that owns this one's processes now: itself, or the group that took the spare."""
         group = self
@@ -211,7 +227,7 @@ class WorkerGroup:
             self.state = WorkerState.FAILED
             await self.kill()
             raise WorkerStartError(f"worker {self.id} did not start within startupTimeout={spec.startup_timeout:g}s "
-                                   f"(ranks ready: {loaded or 'none'} of {spec.nproc})") from None
+                                   f"(ranks ready: {loaded or 'none'} of {spec.world_size})") from None
         except WorkerStartError:
             self.state = WorkerState.FAILED
             await self.kill()
@@ -224,7 +240,7 @@ class WorkerGroup:
             self._handle(link, message)
         elif message[0] == "hello":
             _, rank, pid = message
-            connection.link = self.ranks[rank] = RankLink(rank, pid, connection.transport)
+            connection.link = self.ranks[rank] = RankLink(rank, pid, connection.transport, node=connection.node)
             if self._spec_payload is not None:
                 connection.transport.write(ipc.pack(("spec", self._spec_payload)))
         else:
@@ -234,7 +250,8 @@ class WorkerGroup:
         link = connection.link
         if link is not None:
             link.state = "exited"
-            self._broken(f"rank {link.rank} (pid {link.pid}) of worker {self.id} exited")
+            where = f" on node {link.node}" if link.node else ""
+            self._broken(f"rank {link.rank} (pid {link.pid}{where}) of worker {self.id} exited")
 
     def _handle(self, link: RankLink, message: tuple) -> None:
         kind = message[0]
@@ -252,7 +269,7 @@ class WorkerGroup:
         elif kind == "ready":
             link.state = "ready"
             self.output_rank = message[2]
-            if len(self.ranks) == self.spec.nproc and all(r.state == "ready" for r in self.ranks.values()):
+            if len(self.ranks) == self.spec.world_size and all(r.state == "ready" for r in self.ranks.values()):
                 _resolve(self._ready, None)
         elif kind == "spare_ready" and self.spec.spare:
             link.state = "spare"
@@ -348,14 +365,20 @@ class WorkerGroup:
 
     async def kill(self) -> None:
         """SIGKILL torchrun and every rank we know of; wait until torchrun is reaped."""
-        for pid in [link.pid for link in self.ranks.values()]:
+        remote = None
+        if self.spec.remote is not None:  # the agents end their shares (their pids are not ours)
+            remote = asyncio.ensure_future(self.spec.remote.stop())
+        local_pids = [link.pid for link in self.ranks.values() if link.node is None]
+        for pid in local_pids:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
         if self.process and self.process.returncode is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.process.pid, signal.SIGKILL)
             await self.process.wait()
-        await _wait_gone([link.pid for link in self.ranks.values()], timeout=5.0)
+        await _wait_gone(local_pids, timeout=5.0)
+        if remote is not None:
+            await remote
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -367,13 +390,16 @@ class WorkerGroup:
 
     # ---- description --------------------------------------------------------------------------
     def describe(self) -> dict:
-        return {"id": self.id, "state": self.state.value, "devices": self.spec.devices,
-                "ranks": [{"rank": link.rank, "pid": link.pid, "state": link.state}
-                          for link in sorted(self.ranks.values(), key=lambda link: link.rank)]}
+        out = {"id": self.id, "state": self.state.value, "devices": self.spec.devices,
+               "ranks": [{"rank": link.rank, "pid": link.pid, "state": link.state}
+                         for link in sorted(self.ranks.values(), key=lambda link: link.rank)]}
+        if self.spec.remote is not None:
+            self.spec.remote.describe_into(self, out)
+        return out
 
     def log_tail(self, lines: int = 50, rank: int | None = None) -> str:
         paths = [] if rank is not None else [self.agent_log]
-        paths += [os.path.join(self.spec.log_dir, f"rank{r}.log") for r in ([rank] if rank is not None else range(self.spec.nproc))]
+        paths += [os.path.join(self.spec.log_dir, f"rank{r}.log") for r in ([rank] if rank is not None else range(self.spec.world_size))]
         return "\n".join(read_tail(path, lines) for path in paths).strip()
 
     def _spawn(self, coro) -> None:

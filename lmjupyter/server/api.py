@@ -220,6 +220,18 @@ ROUTES = [
 ]
 
 
+def _node_routes() -> list[tuple[str, type]]:
+    """The node agents' routes (lmjupyter/nodes/api.py), imported late: that module builds on ApiMixin."""
+    from lmjupyter.nodes import api as nodes
+
+    return [(rf"{API}/nodes", nodes.NodesHandler), (rf"{API}/nodes/([^/]+)", nodes.NodeHandler),
+            (rf"{API}/nodes/([^/]+)/commands", nodes.NodeCommandsHandler),
+            (rf"{API}/nodes/([^/]+)/events", nodes.NodeEventsHandler)]
+
+
+ROUTES += _node_routes()
+
+
 def route_table(base_url: str, base_handler: type, wrap=lambda cls: cls) -> list[tuple[str, type]]:
     """The routes joined with a server's base handler; ``wrap`` may add auth decorators."""
     base_url = "/" + base_url.strip("/") + "/" if base_url.strip("/") else "/"
