@@ -59,6 +59,7 @@ def dry_run_nodes(engine: "Engine", worker: dict, args: list[str], config: "Mode
                                     python="python" if k else worker["command"][0]),
         "env": {"CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus)), "OMP_NUM_THREADS": omp},
     } for k, node, gpus in rows]
+    worker["command"] = worker["nodes"][0]["command"]
 
 
 def describe_nodes(engine: "Engine") -> list[dict]:

@@ -1,0 +1,233 @@
+"""One worker group across two hosts: the server in one network namespace, ``lmjupyter node`` in another.
+
+Real processes throughout: ``lmjupyter serve --host 10.231.0.1`` in host A, ``lmjupyter node``
+in host B, torchrun's c10d rendezvous between them over the veth pair, gloo, the tiny Llama
+split by tp and by pp. The test's HTTP client runs on threads inside host A (netns.HostPair.in_a).
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from lmjupyter.client import Client, LMServeError
+from netns import ADDRESS_A, ADDRESS_B, HostPair, unavailable
+from serverproc import HANDLERS, handler_path, wait_until
+
+TOKEN = "multihost-token"
+AGENT = "hostb"
+PROMPTS = ["Hello", {"prompt": "The quick brown fox jumps over", "max_new_tokens": 5}]
+MAX_NEW_TOKENS = 6
+
+pytestmark = pytest.mark.timeout(300)
+
+
+class Cluster:
+    """Host A's server and host B's agent, started and stopped by the tests."""
+
+    def __init__(self, pair: HostPair, root):
+        self.pair, self.root = pair, root
+        self.server = self.agent = None
+        self.client: Client | None = None
+        self._logs = []
+
+    def _log(self, name: str):
+        path = self.root / f"{name}-{time.monotonic_ns()}.log"
+        handle = open(path, "wb")
+        self._logs.append(handle)
+        return path, handle
+
+    def start_server(self) -> None:
+        path, handle = self._log("server")
+        self.server = self.pair.popen(self.pair.a, [
+            sys.executable, "-m", "lmjupyter.cli", "serve", "--host", ADDRESS_A, "--port", "0", "--token", TOKEN,
+            "--allow-root", HANDLERS], cwd=self.root, stdout=handle, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.server_log = path
+        text = wait_until(lambda: _match(path, r"serving at (http://\S+)", self.server), 60, message="server URL")
+        self.url = text
+        self.client = Client(self.url, TOKEN, timeout=120)
+
+    def start_agent(self) -> None:
+        path, handle = self._log("agent")
+        self.agent = self.pair.popen(self.pair.b, [
+            sys.executable, "-m", "lmjupyter.cli", "node", "--server", self.url, "--token", TOKEN, "--name", AGENT],
+            cwd=self.root, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.agent_log = path
+        wait_until(lambda: _match(path, r"registered with", self.agent), 60, message="agent registration")
+
+    def call(self, method: str, *args, timeout: float = 180, **kwargs):
+        """A client call made from inside host A."""
+        return self.pair.in_a(getattr(self.client, method), *args, **kwargs).result(timeout)
+
+    def others(self, ns: str) -> set[int]:
+        """Processes in a namespace besides the server and the agent: torchrun and ranks."""
+        own = {p.pid for p in (self.server, self.agent) if p is not None}
+        return self.pair.pids(ns) - own
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p} ---\n{p.read_text(errors='replace')[-4000:]}"
+                         for p in (self.server_log, getattr(self, "agent_log", None)) if p)
+
+    def stop(self) -> None:
+        for proc in (self.agent, self.server):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        for handle in self._logs:
+            handle.close()
+
+
+def _match(path, pattern: str, proc):
+    text = path.read_text(errors="replace")
+    found = re.search(pattern, text)
+    if found:
+        return found.group(found.lastindex or 0)
+    if proc.poll() is not None:
+        raise AssertionError(f"exited with {proc.returncode}:\n{text}")
+    return None
+
+
+@pytest.fixture(scope="module")
+def hosts(tmp_path_factory):
+    why = unavailable()
+    if why:
+        pytest.skip(why)
+    pair = HostPair()
+    try:
+        pair.create()
+    except OSError as exc:
+        pair.destroy()
+        pytest.skip(f"cannot make network namespaces here: {exc}")
+    cluster = Cluster(pair, tmp_path_factory.mktemp("multihost"))
+    try:
+        cluster.start_server()
+        cluster.start_agent()
+        yield cluster
+    finally:
+        cluster.stop()
+        pair.destroy()
+
+
+@pytest.fixture(scope="module")
+def llama(hosts):
+    """The tiny Llama (in the server's folder) and its greedy tokens from one process (transformers' generate)."""
+    from lmjupyter.models.tiny import build_tiny_llama
+    from parallel.ranks import hf_generate
+
+    path = str(build_tiny_llama(hosts.root / "llama", num_layers=3, hidden=64, heads=4, kv_heads=2))
+    batch = [p if isinstance(p, dict) else {"prompt": p, "max_new_tokens": MAX_NEW_TOKENS} for p in PROMPTS]
+    return path, hf_generate(path, batch)
+
+
+def cpu(**torchrun) -> dict:
+    return {"deviceType": "cpu", "startupTimeout": 90, "torchrun": {"nproc-per-node": 1, **torchrun}}
+
+
+def _no_ranks_left(hosts) -> None:
+    wait_until(lambda: not hosts.others(hosts.pair.a) and not hosts.others(hosts.pair.b), 15,
+               message="no torchrun or rank process left in either namespace")
+
+
+def test_dry_run_lists_each_node_and_too_many_nodes_is_400(hosts):
+    local = next(n for n in hosts.call("nodes") if n["local"])
+    agent = next(n for n in hosts.call("nodes") if not n["local"])
+    assert (local["address"], agent["name"], agent["address"], agent["state"]) == (ADDRESS_A, AGENT, ADDRESS_B,
+                                                                                    "online")
+    plan = hosts.call("deploy", "planned", handler_path("echo.py"), config=cpu(nnodes=2), dry_run=True)
+    nodes = plan["plan"]["workers"][0]["nodes"]
+    assert [(n["node_rank"], n["node"], n["address"]) for n in nodes] == [(0, local["name"], ADDRESS_A),
+                                                                           (1, AGENT, ADDRESS_B)]
+    node0, node1 = (" ".join(n["command"]) for n in nodes)
+    for command, rank, is_host, address in ((node0, 0, 1, ADDRESS_A), (node1, 1, 0, ADDRESS_B)):
+        assert f"--nnodes 2 --nproc-per-node 1" in command
+        assert f"--node-rank {rank} --rdzv-backend c10d --rdzv-endpoint {ADDRESS_A}:PORT" in command
+        assert f"is_host={is_host}" in command and f"--local-addr {address}" in command
+    assert not hosts.others(hosts.pair.a) and not hosts.others(hosts.pair.b)  # a plan starts nothing
+
+    with pytest.raises(LMServeError) as refused:
+        hosts.call("deploy", "three", handler_path("echo.py"), config=cpu(nnodes=3), wait=True)
+    assert refused.value.status == 400
+    assert refused.value.detail["key"] == "torchrun.nnodes"
+    assert "needs 3 nodes" in refused.value.message and "missing: 1 node" in refused.value.message
+    assert hosts.call("list") == []
+
+
+@pytest.mark.parametrize("mode", ["tp", "pp"])
+def test_llama_split_across_two_hosts_answers_like_one_process(hosts, llama, mode):
+    model_dir, reference = llama
+    name = f"llama-{mode}"
+    config = {**cpu(nnodes=2), "parallelType": mode, "batchSize": 1, "handler": {"max_new_tokens": MAX_NEW_TOKENS}}
+    described = hosts.call("deploy", name, model_dir=model_dir, config=config, wait=True)
+    assert described["state"] == "ready", hosts.logs()
+    ranks = described["workers"][0]["ranks"]
+    assert [(r["rank"], r["node"], r["address"], r["device"]) for r in ranks] == [
+        (0, next(n["name"] for n in hosts.call("nodes") if n["local"]), ADDRESS_A, "cpu"), (1, AGENT, ADDRESS_B, "cpu")]
+    assert ranks[0]["pid"] in hosts.pair.pids(hosts.pair.a) and ranks[1]["pid"] in hosts.pair.pids(hosts.pair.b)
+
+    answers = [hosts.call("predict", name, p) for p in PROMPTS]
+    assert [a["token_ids"] for a in answers] == reference
+
+    # rank 1's log is written on host B and mirrored to the server
+    assert wait_until(lambda: any("ready" in line for entry in hosts.call("logs", name, rank=1)
+                                  for line in entry["lines"]), 10, message="rank 1's log on the server")
+    if mode == "tp":  # everything lmjupyter listens on is bound to the configured address
+        listening = subprocess.run(["ip", "netns", "exec", hosts.pair.a, "ss", "-ltnpH"], capture_output=True,
+                                   text=True, timeout=20).stdout
+        own = [line.split()[3] for line in listening.splitlines() if f"pid={hosts.server.pid}," in line]
+        assert len(own) >= 2 and all(address.startswith(f"{ADDRESS_A}:") for address in own), listening
+
+    hosts.call("undeploy", name)
+    _no_ranks_left(hosts)
+
+
+def test_agent_killed_mid_request_fails_it_reports_the_node_and_serves_again(hosts):
+    name = "echo-2h"
+    hosts.call("deploy", name, handler_path("echo.py"), config=cpu(nnodes=2), wait=True)
+    assert hosts.call("predict", name, {"n": 1})["world_size"] == 2
+    in_flight = hosts.pair.in_a(hosts.client.predict, name, {"sleep": 60})
+    time.sleep(1.0)  # the batch is on both ranks
+    on_b = hosts.others(hosts.pair.b)
+    assert len(on_b) == 2  # torchrun and its rank
+    killed_at = time.monotonic()
+    os.kill(hosts.agent.pid, signal.SIGKILL)
+    hosts.agent.wait()
+    with pytest.raises(LMServeError) as failed:
+        in_flight.result(30)
+    assert time.monotonic() - killed_at < 5
+    assert failed.value.status == 502 and AGENT in failed.value.message
+    wait_until(lambda: not hosts.others(hosts.pair.b), 10, message="the agent's ranks end with it")
+
+    def missing_node_reported():
+        worker = hosts.call("describe", name)["workers"][0]
+        return AGENT in (worker.get("waiting_for_nodes") or "") and "lost" in worker["waiting_for_nodes"]
+    wait_until(missing_node_reported, 15, message="the model names the lost node")
+    assert next(n for n in hosts.call("nodes") if n["name"] == AGENT)["state"] == "lost"
+
+    hosts.start_agent()
+    wait_until(lambda: hosts.call("describe", name)["workers"][0]["state"] == "ready", 90,
+               message="the worker back on both hosts")
+    assert hosts.call("predict", name, {"n": 2})["world_size"] == 2
+    ranks = hosts.call("describe", name)["workers"][0]["ranks"]
+    assert ranks[1]["node"] == AGENT and ranks[1]["pid"] in hosts.pair.pids(hosts.pair.b)
+
+    hosts.call("undeploy", name)
+    _no_ranks_left(hosts)
+
+
+def test_server_killed_leaves_no_orphans_on_either_host(hosts):
+    hosts.call("deploy", "orphans", handler_path("echo.py"), config=cpu(nnodes=2), wait=True)
+    assert hosts.others(hosts.pair.a) and hosts.others(hosts.pair.b)
+    os.kill(hosts.server.pid, signal.SIGKILL)
+    hosts.server.wait()
+    _no_ranks_left(hosts)
+    assert hosts.agent.poll() is None  # the agent waits for the server to come back
