@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "to it and torchrun's rendezvous runs on it (default: --host)")
     serve.add_argument("--node-port", type=int, default=0, metavar="PORT",
                        help="TCP port on --node-address that ranks on other hosts connect to (default 0: a free one)")
+    serve.add_argument("--node-timeout", type=float, default=10.0, metavar="S",
+                       help="seconds without a heartbeat after which an agent counts as lost and its worker "
+                            "groups restart (default 10)")
     serve.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto",
                        help="event loop: auto (the default) takes uvloop when it is installed "
                             "(pip install 'lmjupyter[fast]'; about 10-20%% less server CPU per request), else asyncio's")
@@ -91,7 +94,8 @@ def _serve(args) -> int:
                               allowed_roots=[os.path.abspath(p) for p in args.allow_root],
                               install_requirements=args.install_requirements,
                               warm_spares=max(0, args.warm_spares),
-                              node_address=node_address, node_port=args.node_port)
+                              node_address=node_address, node_port=args.node_port,
+                              node_timeout=max(1.0, args.node_timeout))
     run = _event_loop(args.loop)
     if run is None:
         print("lmjupyter serve: --loop uvloop: uvloop is not installed (pip install 'lmjupyter[fast]')",
