@@ -79,6 +79,7 @@ class Node:
     registered: float = field(default_factory=time.time)
     last_seen: float = field(default_factory=time.monotonic)
     deadline: float | None = None      # monotonic time by which the next poll must come
+    overdue: str = ""                  # why the agent is lost if that poll does not come
     lost_reason: str = ""
     held: dict[int, Holder] = field(default_factory=dict)
     shares: dict[str, Share] = field(default_factory=dict)
@@ -151,7 +152,7 @@ class NodeRegistry:
                     pid=body.get("pid") if isinstance(body.get("pid"), int) else None,
                     version=str(body.get("version") or "")[:64], instance=instance,
                     session=secrets.token_urlsafe(16))
-        node.deadline = time.monotonic() + self.timeout
+        node.deadline, node.overdue = time.monotonic() + self.timeout, f"no heartbeat for {self.timeout:g}s"
         self.agents[name] = node
         log.info("node %s registered: %s (%s), GPUs %s", name, node.hostname, address, node.gpus or "none")
         self._start_monitor()
@@ -185,8 +186,10 @@ class NodeRegistry:
         finally:
             node.last_seen = time.monotonic()
             if not node.waiters:
-                grace = DROP_GRACE if waiter.cancelled() else self.timeout
-                node.deadline = node.last_seen + grace
+                if waiter.cancelled():
+                    node.deadline, node.overdue = node.last_seen + DROP_GRACE, "its connection to the server closed"
+                else:
+                    node.deadline, node.overdue = node.last_seen + self.timeout, f"no heartbeat for {self.timeout:g}s"
 
     def events(self, node: Node, events: list) -> None:
         if not isinstance(events, list):
@@ -295,9 +298,7 @@ class NodeRegistry:
             now = time.monotonic()
             for node in list(self.agents.values()):
                 if node.state == NodeState.ONLINE and node.deadline is not None and now > node.deadline:
-                    quiet = now - node.last_seen
-                    self._lose(node, f"no heartbeat for {quiet:.1f}s" if quiet > DROP_GRACE * 1.5
-                               else "its connection to the server closed")
+                    self._lose(node, node.overdue)
 
     def _notify(self) -> None:
         waiters, self._change_waiters = self._change_waiters, []

@@ -28,6 +28,7 @@ CELLS = {
     "text_query": "%lmserve query echo just some words",
     "logs": "%lmserve logs echo --rank 0 --tail 3",
     "model_status": "%lmserve status echo",
+    "nodes": "%lmserve nodes",
     "panel": ("from lmjupyter.widgets import ControlPanel\nimport time\n"
               "panel = ControlPanel(interval=0.5)\n"
               "before = len(panel.history.points); time.sleep(1.5)\n"
@@ -135,6 +136,11 @@ def test_deploy_query_logs_status(cells):
     assert "rank 0/1 ready" in cells["logs"][1]
     assert "echo v1: ready, 1 worker(s) x 1 rank(s) on cpu" in cells["model_status"][1]
     assert "undeployed echo: 1 worker(s), 1 rank process(es) ended" in cells["undeploy"][1]
+
+
+def test_nodes_lists_this_server_s_host(cells):
+    text = cells["nodes"][1]
+    assert "(this server)" in text and "online" in text and "echo w1" in text
 
 
 def test_deploy_from_an_archive(cells):
