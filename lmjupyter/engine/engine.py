@@ -160,6 +160,7 @@ class Engine:
         Versions of one name run side by side; the first deployed is the default. ``target_workers``
         and ``default`` serve the registry snapshot's restore (the count a model was scaled to).
         """
+        restoring = target_workers is not None
         request = await self._parse_deploy(body)
         name, version, config = request["name"], request["version"], request["config"]
         self._refuse_duplicate(request)
@@ -172,7 +173,8 @@ class Engine:
         count = config.minWorkers if target_workers is None else min(max(target_workers, config.minWorkers),
                                                                      config.maxWorkers)
         plan = self._plan_gpus((name, version), config, list(range(1, count + 1)))
-        node_plan = multinode.plan_or_refuse(self, name, config, list(plan))
+        # A restore (target_workers) does not wait for agents to be back: its workers wait for them.
+        node_plan = None if restoring else multinode.plan_or_refuse(self, name, config, list(plan))
         if request["dry_run"]:
             return self._dry_run(request, plan, node_plan)
         existing = self._models.get((name, version))

@@ -182,7 +182,8 @@ class Agent:
         body = {"name": self.name, "hostname": socket.gethostname(), "address": self.address, "gpus": self.gpus,
                 "pid": os.getpid(), "version": lmjupyter.__version__, "instance": self.instance}
         try:
-            response = self._http.post(self.server + "lmserve/api/nodes", json=body, timeout=10)
+            response = self._http.post(self.server + "lmserve/api/nodes", json=body,
+                                       timeout=max(2.0, min(10.0, self.timeout)))
         except requests.RequestException as exc:
             self._unreachable(f"cannot reach {self.server}: {exc}")
             return False
@@ -386,8 +387,13 @@ def main(args) -> int:
     except ValueError as exc:
         print(f"lmjupyter node: --gpus: {exc}", file=sys.stderr)
         return 2
-    agent = Agent(args.server, token, name=args.name or socket.gethostname(), address=args.address,
-                  gpus=gpus, work_dir=args.work_dir)
+    try:
+        agent = Agent(args.server, token, name=args.name or socket.gethostname(), address=args.address,
+                      gpus=gpus, work_dir=args.work_dir)
+    except OSError as exc:  # the server's host does not resolve, or no route to it
+        print(f"lmjupyter node: cannot find this host's address towards {args.server}: {exc}; "
+              "pass --address", file=sys.stderr)
+        return 2
     signal.signal(signal.SIGTERM, agent.stop)
     signal.signal(signal.SIGINT, agent.stop)
     try:

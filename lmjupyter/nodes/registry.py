@@ -21,7 +21,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Callable
+from typing import Any, Callable
 
 from lmjupyter._version import __version__
 from lmjupyter.errors import ApiError
@@ -207,8 +207,9 @@ class NodeRegistry:
                 code = event.get("code")
                 share.exit_code = code
                 why = event.get("error") or f"exited with code {code}"
+                tail = _tail(os.path.join(share.log_dir, f"agent-node{share.node_rank}.log"))
                 self._end_share(share, "exited", f"torchrun of worker {share.holder.worker} on node {node.name} "
-                                                 f"({node.address}) {why}")
+                                                 f"({node.address}) {why}" + (f"\n{tail}" if tail else ""))
 
     def leave(self, node: Node) -> None:
         """The agent stops (SIGTERM): it has ended its shares; forget it."""
@@ -307,7 +308,7 @@ class NodeRegistry:
                 waiter.set_result(None)
 
     @staticmethod
-    def _append_log(share: Share, name, text) -> None:
+    def _append_log(share: Share, name: Any, text: Any) -> None:
         if not isinstance(name, str) or not LOG_FILE.match(name) or not isinstance(text, str):
             return
         if name == "agent.log":
@@ -319,3 +320,14 @@ class NodeRegistry:
                 f.write(text)
         except OSError as exc:
             log.warning("node %s: cannot mirror %s: %s", share.node.name, name, exc)
+
+
+def _tail(path: str, lines: int = 15) -> str:
+    """The end of a mirrored log (a remote torchrun's own output says why it stopped)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 8192))
+            return "\n".join(f.read().decode("utf-8", "replace").splitlines()[-lines:])
+    except OSError:
+        return ""

@@ -21,6 +21,7 @@ from serverproc import HANDLERS, handler_path, wait_until
 
 TOKEN = "multihost-token"
 AGENT = "hostb"
+NODE_TIMEOUT = 4  # s without a heartbeat before a host counts as cut off (the default is 10)
 PROMPTS = ["Hello", {"prompt": "The quick brown fox jumps over", "max_new_tokens": 5}]
 MAX_NEW_TOKENS = 6
 
@@ -46,7 +47,7 @@ class Cluster:
         path, handle = self._log("server")
         self.server = self.pair.popen(self.pair.a, [
             sys.executable, "-m", "lmjupyter.cli", "serve", "--host", ADDRESS_A, "--port", "0", "--token", TOKEN,
-            "--allow-root", HANDLERS], cwd=self.root, stdout=handle, stderr=subprocess.STDOUT,
+            "--allow-root", HANDLERS, "--node-timeout", str(NODE_TIMEOUT)], cwd=self.root, stdout=handle, stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self.server_log = path
         text = wait_until(lambda: _match(path, r"serving at (http://\S+)", self.server), 60, message="server URL")
@@ -224,9 +225,49 @@ def test_agent_killed_mid_request_fails_it_reports_the_node_and_serves_again(hos
     _no_ranks_left(hosts)
 
 
-def test_server_killed_leaves_no_orphans_on_either_host(hosts):
-    hosts.call("deploy", "orphans", handler_path("echo.py"), config=cpu(nnodes=2), wait=True)
-    assert hosts.others(hosts.pair.a) and hosts.others(hosts.pair.b)
+def _fails_fast(hosts, in_flight, within: float, since: float) -> str:
+    with pytest.raises(LMServeError) as failed:
+        in_flight.result(within + 20)
+    assert time.monotonic() - since < within
+    assert failed.value.status == 502
+    return failed.value.message
+
+
+def _serving_again(hosts, name: str) -> None:
+    wait_until(lambda: hosts.call("describe", name)["workers"][0]["state"] == "ready", 90,
+               message="the worker back on both hosts")
+    assert hosts.call("predict", name, {"n": 3})["world_size"] == 2
+
+
+def test_rank_killed_host_cut_off_server_killed(hosts):
+    """The other faults, one after the other on one deployment: a rank on host B killed -9, host B's
+    link cut (no packet in or out, nothing closed), then the server killed -9: no process is left."""
+    name = "faults"
+    hosts.call("deploy", name, handler_path("echo.py"), config=cpu(nnodes=2), wait=True)
+
+    rank_b = hosts.call("describe", name)["workers"][0]["ranks"][1]
+    assert rank_b["node"] == AGENT
+    in_flight = hosts.pair.in_a(hosts.client.predict, name, {"sleep": 60})
+    time.sleep(1.0)
+    killed_at = time.monotonic()
+    os.kill(rank_b["pid"], signal.SIGKILL)
+    message = _fails_fast(hosts, in_flight, 5, killed_at)
+    assert f"rank 1 (pid {rank_b['pid']} on node {AGENT})" in message
+    _serving_again(hosts, name)
+
+    in_flight = hosts.pair.in_a(hosts.client.predict, name, {"sleep": 60})
+    time.sleep(1.0)
+    subprocess.run(["ip", "-n", hosts.pair.b, "link", "set", hosts.pair.veth_b, "down"], check=True, timeout=20)
+    cut_at = time.monotonic()
+    try:
+        message = _fails_fast(hosts, in_flight, NODE_TIMEOUT + 5, cut_at)
+        assert f"node {AGENT} ({ADDRESS_B}) was lost: no heartbeat for {NODE_TIMEOUT}s" in message
+        # the agent, cut off from the server as long, ends its ranks by itself
+        wait_until(lambda: not hosts.others(hosts.pair.b), NODE_TIMEOUT + 10, message="host B's ranks ended")
+    finally:
+        subprocess.run(["ip", "-n", hosts.pair.b, "link", "set", hosts.pair.veth_b, "up"], check=True, timeout=20)
+    _serving_again(hosts, name)
+
     os.kill(hosts.server.pid, signal.SIGKILL)
     hosts.server.wait()
     _no_ranks_left(hosts)
