@@ -8,6 +8,9 @@ The others are the agent's protocol, authenticated with the server token like ev
   its commands (start or stop a share) and is its heartbeat;
 - ``POST /nodes/{name}/events``: what happened to its shares (started, log lines, exited);
 - ``DELETE /nodes/{name}?session=S``: the agent stops; without a session, forget a lost node.
+
+The classes here are mixins without a base: the route table (lmjupyter/server/api.py) joins
+each with its ``ApiMixin`` and ``api_errors``, so that this module imports nothing of it.
 """
 from __future__ import annotations
 
@@ -16,15 +19,12 @@ import asyncio
 import lmjupyter
 from lmjupyter.errors import ApiError
 from lmjupyter.nodes.registry import NodeState
-from lmjupyter.server.api import ApiMixin, api_errors
 
 
-class NodesHandler(ApiMixin):
-    @api_errors
+class NodesHandler:
     async def get(self):
         self.send_json({"nodes": self.engine.describe_nodes()})
 
-    @api_errors
     async def post(self):
         registry = self.engine.nodes
         node = registry.register(self.json_body(), peer=self.request.remote_ip)
@@ -33,15 +33,13 @@ class NodesHandler(ApiMixin):
                         "server_version": lmjupyter.__version__}, 201)
 
 
-class NodeHandler(ApiMixin):
-    @api_errors
+class NodeHandler:
     async def get(self, name):
         node = next((n for n in self.engine.describe_nodes() if n["name"] == name), None)
         if node is None:
             raise ApiError(404, f"no node named {name!r}")
         self.send_json(node)
 
-    @api_errors
     async def delete(self, name):
         registry = self.engine.nodes
         session = self.get_argument("session", None)
@@ -57,10 +55,9 @@ class NodeHandler(ApiMixin):
         self.send_json({"name": name, "state": "removed"})
 
 
-class NodeCommandsHandler(ApiMixin):
+class NodeCommandsHandler:
     _waiter: asyncio.Future | None = None
 
-    @api_errors
     async def post(self, name):
         body = self.json_body()
         registry = self.engine.nodes
@@ -79,8 +76,7 @@ class NodeCommandsHandler(ApiMixin):
             self._waiter.cancel()
 
 
-class NodeEventsHandler(ApiMixin):
-    @api_errors
+class NodeEventsHandler:
     async def post(self, name):
         body = self.json_body()
         registry = self.engine.nodes

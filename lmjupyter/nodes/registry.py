@@ -141,6 +141,10 @@ class NodeRegistry:
         if name == self.local.name:
             raise ApiError(409, f"node name {name!r} is this server's own host; start the agent with --name "
                                 "<another name>", key="name")
+        if _is_loopback(self.address) and not ipaddress.ip_address(address).is_loopback:
+            raise ApiError(400, f"this server's node address is {self.address}, which {address} cannot reach: start "
+                                "the server with --host or --node-address (c.LMServe.node_address in Jupyter) set to "
+                                "an address of its host that the agents reach", key="address")
         instance = str(body.get("instance") or "")
         old = self.agents.get(name)
         if old is not None and old.state == NodeState.ONLINE:
@@ -320,6 +324,14 @@ class NodeRegistry:
                 f.write(text)
         except OSError as exc:
             log.warning("node %s: cannot mirror %s: %s", share.node.name, name, exc)
+
+
+def _is_loopback(text: str) -> bool:
+    """Whether an address is 127.x or ::1 (a host name is not known to be)."""
+    try:
+        return ipaddress.ip_address(text).is_loopback
+    except ValueError:
+        return False
 
 
 def _tail(path: str, lines: int = 15) -> str:

@@ -221,12 +221,16 @@ ROUTES = [
 
 
 def _node_routes() -> list[tuple[str, type]]:
-    """The node agents' routes (lmjupyter/nodes/api.py), imported late: that module builds on ApiMixin."""
+    """The node agents' routes (lmjupyter/nodes/api.py): its mixins joined with ApiMixin, verbs with api_errors."""
     from lmjupyter.nodes import api as nodes
 
-    return [(rf"{API}/nodes", nodes.NodesHandler), (rf"{API}/nodes/([^/]+)", nodes.NodeHandler),
-            (rf"{API}/nodes/([^/]+)/commands", nodes.NodeCommandsHandler),
-            (rf"{API}/nodes/([^/]+)/events", nodes.NodeEventsHandler)]
+    def joined(cls: type) -> type:
+        verbs = {verb: api_errors(getattr(cls, verb)) for verb in ("get", "post", "put", "delete") if verb in vars(cls)}
+        return type(cls.__name__, (cls, ApiMixin), verbs)
+
+    return [(rf"{API}/nodes", joined(nodes.NodesHandler)), (rf"{API}/nodes/([^/]+)", joined(nodes.NodeHandler)),
+            (rf"{API}/nodes/([^/]+)/commands", joined(nodes.NodeCommandsHandler)),
+            (rf"{API}/nodes/([^/]+)/events", joined(nodes.NodeEventsHandler))]
 
 
 ROUTES += _node_routes()

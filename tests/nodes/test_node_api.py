@@ -57,7 +57,8 @@ def test_bad_registrations_are_refused_naming_the_key(server):
     local = next(n for n in call(server, "GET", "nodes").json()["nodes"] if n["local"])
     cases = [({"name": "no spaces"}, 400, "name"), ({"name": "b", "address": "not-an-ip"}, 400, "address"),
              ({"name": "b", "gpus": [0, 0]}, 400, "gpus"), ({"name": "b", "colour": 1}, 400, "colour"),
-             ({"name": local["name"]}, 409, "name")]
+             ({"name": local["name"]}, 409, "name"),
+             ({"name": "b", "address": "10.1.2.3"}, 400, "address")]  # this server listens on 127.0.0.1 only
     for body, status, key in cases:
         response = call(server, "POST", "nodes", json=body)
         assert (response.status_code, response.json()["error"]["key"]) == (status, key), body
