@@ -2,25 +2,21 @@
 
 Real processes throughout: ``lmjupyter serve --host 10.231.0.1`` in host A, ``lmjupyter node``
 in host B, torchrun's c10d rendezvous between them over the veth pair, gloo, the tiny Llama
-split by tp and by pp. The test's HTTP client runs on threads inside host A (netns.HostPair.in_a).
+split by tp and by pp. The test's HTTP client runs on threads inside host A (twohosts.HostPair.in_a).
 """
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
-from lmjupyter.client import Client, LMServeError
-from netns import ADDRESS_A, ADDRESS_B, HostPair, unavailable
-from serverproc import HANDLERS, handler_path, wait_until
+from lmjupyter.client import LMServeError
+from serverproc import handler_path, wait_until
+from twohosts import ADDRESS_A, ADDRESS_B, AGENT, two_hosts
 
-TOKEN = "multihost-token"
-AGENT = "hostb"
 NODE_TIMEOUT = 4  # s without a heartbeat before a host counts as cut off (the default is 10)
 PROMPTS = ["Hello", {"prompt": "The quick brown fox jumps over", "max_new_tokens": 5}]
 MAX_NEW_TOKENS = 6
@@ -28,95 +24,10 @@ MAX_NEW_TOKENS = 6
 pytestmark = pytest.mark.timeout(300)
 
 
-class Cluster:
-    """Host A's server and host B's agent, started and stopped by the tests."""
-
-    def __init__(self, pair: HostPair, root):
-        self.pair, self.root = pair, root
-        self.server = self.agent = None
-        self.client: Client | None = None
-        self._logs = []
-
-    def _log(self, name: str):
-        path = self.root / f"{name}-{time.monotonic_ns()}.log"
-        handle = open(path, "wb")
-        self._logs.append(handle)
-        return path, handle
-
-    def start_server(self) -> None:
-        path, handle = self._log("server")
-        self.server = self.pair.popen(self.pair.a, [
-            sys.executable, "-m", "lmjupyter.cli", "serve", "--host", ADDRESS_A, "--port", "0", "--token", TOKEN,
-            "--allow-root", HANDLERS, "--node-timeout", str(NODE_TIMEOUT)], cwd=self.root, stdout=handle, stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        self.server_log = path
-        text = wait_until(lambda: _match(path, r"serving at (http://\S+)", self.server), 60, message="server URL")
-        self.url = text
-        self.client = Client(self.url, TOKEN, timeout=120)
-
-    def start_agent(self) -> None:
-        path, handle = self._log("agent")
-        self.agent = self.pair.popen(self.pair.b, [
-            sys.executable, "-m", "lmjupyter.cli", "node", "--server", self.url, "--token", TOKEN, "--name", AGENT],
-            cwd=self.root, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        self.agent_log = path
-        wait_until(lambda: _match(path, r"registered with", self.agent), 60, message="agent registration")
-
-    def call(self, method: str, *args, timeout: float = 180, **kwargs):
-        """A client call made from inside host A."""
-        return self.pair.in_a(getattr(self.client, method), *args, **kwargs).result(timeout)
-
-    def others(self, ns: str) -> set[int]:
-        """Processes in a namespace besides the server and the agent: torchrun and ranks."""
-        own = {p.pid for p in (self.server, self.agent) if p is not None}
-        return self.pair.pids(ns) - own
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {p} ---\n{p.read_text(errors='replace')[-4000:]}"
-                         for p in (self.server_log, getattr(self, "agent_log", None)) if p)
-
-    def stop(self) -> None:
-        for proc in (self.agent, self.server):
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-        for handle in self._logs:
-            handle.close()
-
-
-def _match(path, pattern: str, proc):
-    text = path.read_text(errors="replace")
-    found = re.search(pattern, text)
-    if found:
-        return found.group(found.lastindex or 0)
-    if proc.poll() is not None:
-        raise AssertionError(f"exited with {proc.returncode}:\n{text}")
-    return None
-
-
 @pytest.fixture(scope="module")
 def hosts(tmp_path_factory):
-    why = unavailable()
-    if why:
-        pytest.skip(why)
-    pair = HostPair()
-    try:
-        pair.create()
-    except OSError as exc:
-        pair.destroy()
-        pytest.skip(f"cannot make network namespaces here: {exc}")
-    cluster = Cluster(pair, tmp_path_factory.mktemp("multihost"))
-    try:
-        cluster.start_server()
-        cluster.start_agent()
+    with two_hosts(tmp_path_factory.mktemp("multihost"), server_args=("--node-timeout", str(NODE_TIMEOUT))) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
-        pair.destroy()
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +61,7 @@ def test_dry_run_lists_each_node_and_too_many_nodes_is_400(hosts):
                                                                            (1, AGENT, ADDRESS_B)]
     node0, node1 = (" ".join(n["command"]) for n in nodes)
     for command, rank, is_host, address in ((node0, 0, 1, ADDRESS_A), (node1, 1, 0, ADDRESS_B)):
-        assert f"--nnodes 2 --nproc-per-node 1" in command
+        assert "--nnodes 2 --nproc-per-node 1" in command
         assert f"--node-rank {rank} --rdzv-backend c10d --rdzv-endpoint {ADDRESS_A}:PORT" in command
         assert f"is_host={is_host}" in command and f"--local-addr {address}" in command
     assert not hosts.others(hosts.pair.a) and not hosts.others(hosts.pair.b)  # a plan starts nothing
