@@ -199,7 +199,8 @@ class NodeRegistry:
         if not isinstance(events, list):
             raise ApiError(400, "events: expected a list", key="events")
         for event in events:
-            share = self.shares.get(event.get("share")) if isinstance(event, dict) else None
+            share = self.shares.get(event.get("share")) if isinstance(event, dict) and isinstance(
+                event.get("share"), str) else None
             if share is None or share.node is not node:
                 continue  # a share the server has already let go of
             kind = event.get("kind")
