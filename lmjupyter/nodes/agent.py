@@ -79,9 +79,13 @@ class _Share:
 
     def _watch(self) -> None:
         """Wait for torchrun, noting its ranks on the way; report the exit once they are gone too."""
-        while self.proc.poll() is None:
-            self.ranks |= children_of(self.proc.pid)
-            time.sleep(0.2)
+        while True:
+            self.ranks |= children_of(self.proc.pid)  # a /proc scan a second: cheap, and ranks live long
+            try:
+                self.proc.wait(1.0)
+                break
+            except subprocess.TimeoutExpired:
+                continue
         deadline = time.monotonic() + 10
         while any(pid_alive(p) for p in self.ranks) and time.monotonic() < deadline:
             time.sleep(0.05)
