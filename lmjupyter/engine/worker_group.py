@@ -69,8 +69,8 @@ class WorkerSpec:
         included) and the whole environment (CUDA_VISIBLE_DEVICES, OMP_NUM_THREADS, PYTHONPATH...)."""
         return tuple(self.torchrun_args), tuple(sorted(self.env.items()))
 
-    def command(self, spec_file: str, extra_args=()) -> list[str]:
-        return [sys.executable, "-m", "lmjupyter.worker.launch", *self.torchrun_args, *extra_args,
+    def command(self, spec_file: str) -> list[str]:
+        return [sys.executable, "-m", "lmjupyter.worker.launch", *self.torchrun_args,
                 "-m", "lmjupyter.worker.main", spec_file]
 
 
@@ -164,7 +164,7 @@ class WorkerGroup:
         finally:
             pool.group_started(spec)
 
-    async def _launch(self, extra_args=()) -> None:
+    async def _launch(self) -> None:
         spec = self.spec
         socket_path = os.path.join(spec.run_dir, f"{spec.model_name[:40]}-w{spec.worker_id}-{id(self)}.sock")
         self._server = await asyncio.get_running_loop().create_unix_server(
@@ -176,7 +176,7 @@ class WorkerGroup:
         agent_log = open(self.agent_log, "ab")
         try:
             self.process = await asyncio.create_subprocess_exec(
-                *spec.command(spec_file, extra_args), env=spec.env, stdin=asyncio.subprocess.DEVNULL,
+                *spec.command(spec_file), env=spec.env, stdin=asyncio.subprocess.DEVNULL,
                 stdout=agent_log, stderr=agent_log, start_new_session=True)
         finally:
             agent_log.close()

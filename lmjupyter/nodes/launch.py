@@ -78,9 +78,10 @@ class MultiNodeLaunch:
         rank_port = await registry.listener.start()
         self.endpoint = netif.host_port(local.address, netif.free_port(local.address))
         run_id = f"lmj-{spec.model_name[:40]}-w{spec.worker_id}-{secrets.token_hex(4)}"
+        base = list(spec.torchrun_args)
 
         def args(node_rank: int, address: str) -> list[str]:
-            return node_args(spec.torchrun_args, node_rank, address, self.endpoint, run_id, spec.startup_timeout)
+            return node_args(base, node_rank, address, self.endpoint, run_id, spec.startup_timeout)
 
         holder = Holder(self.model, self.worker_id)
         for node_rank, (node, gpus) in enumerate(plan, start=1):
@@ -94,8 +95,10 @@ class MultiNodeLaunch:
                                                    "key": key_id.hex(), "secret": secret.hex()}}
             node.send({"op": "start", "share": share.id, "args": args(node_rank, node.address), "env": env,
                        "python_path": self.python_path, "spec": payload})
+        # Node 0 starts as any group does; its spec is made for this start only, so it can take node 0's arguments.
+        spec.torchrun_args = args(0, local.address)
         spec.env.update(netif.socket_env(local.address, spec.env))
-        await group._launch(args(0, local.address))
+        await group._launch()
         log.info("worker %d of %s: node 0 here, %s; rendezvous at %s", spec.worker_id, spec.model_name,
                  ", ".join(f"node {s.node_rank} on {s.node.name} ({s.node.address})" for s in self.shares),
                  self.endpoint)
