@@ -65,7 +65,8 @@ class MultiNodeLaunch:
     # ---- start ------------------------------------------------------------------------------
     async def launch(self, group: "WorkerGroup") -> None:
         """Node 0 here, the others through their agents; ranks then say hello to the group."""
-        plan = await self._wait_for_nodes(group)
+        await self.registry.listener.start()
+        plan = await self._wait_for_nodes(group)  # no await from here until the shares hold their GPUs
         try:
             await self._start(group, plan)
         except BaseException:
@@ -75,7 +76,7 @@ class MultiNodeLaunch:
     async def _start(self, group: "WorkerGroup", plan: list) -> None:
         spec = group.spec
         registry, local = self.registry, self.registry.local
-        rank_port = await registry.listener.start()
+        rank_port = registry.listener.port
         self.endpoint = netif.host_port(local.address, netif.free_port(local.address))
         run_id = f"lmj-{spec.model_name[:40]}-w{spec.worker_id}-{secrets.token_hex(4)}"
         base = list(spec.torchrun_args)
