@@ -37,9 +37,23 @@ def build_parser() -> argparse.ArgumentParser:
                             "(repeatable or comma-separated), so that handlers find it imported; replaces the "
                             "default, lmjupyter.worker.preload_hf (the Hugging Face classes the built-in "
                             "handler uses); --preload '' imports torch only")
+    serve.add_argument("--node-address", default=None, metavar="ADDR",
+                       help="this host's address for `lmjupyter node` agents on other hosts: their ranks connect "
+                            "to it and torchrun's rendezvous runs on it (default: --host)")
+    serve.add_argument("--node-port", type=int, default=0, metavar="PORT",
+                       help="TCP port on --node-address that ranks on other hosts connect to (default 0: a free one)")
+    serve.add_argument("--node-timeout", type=float, default=10.0, metavar="S",
+                       help="seconds without a heartbeat after which an agent counts as lost and its worker "
+                            "groups restart (default 10)")
     serve.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto",
                        help="event loop: auto (the default) takes uvloop when it is installed "
                             "(pip install 'lmjupyter[fast]'; about 10-20%% less server CPU per request), else asyncio's")
+
+    from lmjupyter.nodes import agent
+
+    node = commands.add_parser("node", help="run this host's share of worker groups for a server on another host",
+                               description=agent.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    agent.add_arguments(node)
 
     from lmjupyter.archive import pack
 
@@ -53,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "node":
+        from lmjupyter.nodes import agent
+
+        return agent.main(args)
     if args.command == "archive":
         from lmjupyter.archive import pack
 
@@ -75,12 +93,19 @@ def _serve(args) -> int:
     model_store = os.path.abspath(args.model_store) if args.model_store else None
     if model_store:
         os.makedirs(model_store, exist_ok=True)
+    try:
+        node_address = _node_address(args.node_address, args.host)
+    except ValueError as exc:
+        print(f"lmjupyter serve: --node-address: {exc}", file=sys.stderr)
+        return 2
     settings = EngineSettings(root_dir=os.getcwd(), model_store=model_store, gpus=gpus,
                               allowed_roots=[os.path.abspath(p) for p in args.allow_root],
                               install_requirements=args.install_requirements,
                               warm_spares=max(0, args.warm_spares), fork_server=args.fork_server,
                               preload=None if args.preload is None else
-                              [m for value in args.preload for m in value.split(",") if m])
+                              [m for value in args.preload for m in value.split(",") if m],
+                              node_address=node_address, node_port=args.node_port,
+                              node_timeout=max(1.0, args.node_timeout))
     run = _event_loop(args.loop)
     if run is None:
         print("lmjupyter serve: --loop uvloop: uvloop is not installed (pip install 'lmjupyter[fast]')",
@@ -89,6 +114,25 @@ def _serve(args) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(levelname)s %(name)s] %(message)s")
     run(serve(args.host, args.port, args.token, settings))
     return 0
+
+
+def _node_address(given: str | None, host: str) -> str:
+    """The address agents' ranks and torchrun's rendezvous use: --node-address, else --host (never a wildcard)."""
+    import ipaddress
+    import socket
+
+    value = given or host
+    if value in ("", "0.0.0.0", "::", "*"):
+        if given:
+            raise ValueError(f"{given!r} is not one address; name this host's address that other hosts reach")
+        return "127.0.0.1"
+    try:
+        return str(ipaddress.ip_address(value.strip("[]")))
+    except ValueError:
+        try:
+            return socket.gethostbyname(value)
+        except OSError:
+            raise ValueError(f"{value!r} is neither an IP address nor a host name that resolves") from None
 
 
 def _event_loop(choice: str):

@@ -86,6 +86,10 @@ class Client:
     def gpus(self) -> list[dict]:
         return self._call("GET", "lmserve/api/gpus")["gpus"]
 
+    def nodes(self) -> list[dict]:
+        """This server's host and the ``lmjupyter node`` agents registered with it."""
+        return self._call("GET", "lmserve/api/nodes")["nodes"]
+
     def metrics(self) -> str:
         response = self.session.get(self.url + "lmserve/metrics", timeout=self.timeout)
         _raise_for(response)

@@ -36,6 +36,8 @@ class TorchrunConfig(_Section):
 
     nproc_per_node: int = Field(1, alias="nproc-per-node", ge=1, le=1024)
     omp_number_threads: int = Field(1, alias="OMP_NUMBER_THREADS", ge=1, le=1024)
+    # Hosts per worker group (lmjupyter/nodes/): this server's host plus nnodes-1 `lmjupyter node` agents.
+    nnodes: int | None = Field(None, ge=1, le=1024)
 
     def passthrough(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
@@ -106,6 +108,10 @@ class ModelConfig(BaseModel):
     @property
     def nproc(self) -> int:
         return self.torchrun.nproc_per_node
+
+    @property
+    def nnodes(self) -> int:
+        return self.torchrun.nnodes or 1
 
     def as_yaml_dict(self, other_sections: bool = False) -> dict:
         """The config with YAML key names; ``other_sections``: as the handler sees it

@@ -2,7 +2,9 @@
 
 Both ends are our own processes, joined by a unix socket in a private 0700
 directory, so pickle is safe here and is the cheapest way to move request bytes
-without re-encoding them. Messages (tuples, first item the kind):
+without re-encoding them. Ranks on other hosts connect over TCP instead, and no
+frame is read on either side before both have proved they hold the worker's
+secret (lmjupyter/nodes/handshake.py). Messages (tuples, first item the kind):
 
 server -> rank: ("batch", batch_id, [(payload: bytes, content_type: str, meta: dict | None), ...]) and ("stop",);
                 meta (the request's id and headers) only for TorchServe-style handlers;
@@ -92,9 +94,11 @@ class BlockingChannel:
     loop polls between decode steps). Both read through one frame decoder.
     """
 
-    def __init__(self, path: str):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(path)
+    def __init__(self, path: str | None = None, sock: socket.socket | None = None):
+        if sock is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(path)
+        self.sock = sock
         self._frames = FrameDecoder()
         self._ready: list[tuple] = []
         self.closed = False
@@ -140,3 +144,15 @@ class BlockingChannel:
             self.sock.close()
         except OSError:
             pass
+
+
+def open_channel(spec: dict) -> BlockingChannel:
+    """The rank's channel named by its spec file: the server's unix socket, or (a rank on
+    another host) an authenticated TCP connection to the server's rank port."""
+    tcp = spec.get("tcp")
+    if tcp:
+        from lmjupyter.nodes.handshake import connect
+
+        return BlockingChannel(sock=connect(tcp["host"], tcp["port"], bytes.fromhex(tcp["key"]),
+                                            bytes.fromhex(tcp["secret"])))
+    return BlockingChannel(spec["socket"])

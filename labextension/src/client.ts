@@ -7,6 +7,8 @@
  */
 import type {
   IGpusReply,
+  INode,
+  INodesReply,
   ILogsReply,
   IModelDescription,
   IModelsReply
@@ -96,6 +98,22 @@ export class LmServeClient {
     try {
       const reply = await this.json<IGpusReply>('gpus', { method: 'GET' });
       return Array.isArray(reply?.gpus) ? reply.gpus : [];
+    } catch (err) {
+      if (err instanceof LmServeError && err.status === 404) {
+        return null;
+      }
+      throw err;
+    }
+  }
+
+  /**
+   * The server's host and its `lmjupyter node` agents. A server without the
+   * `/nodes` route (404) answers `null`: one host, as before.
+   */
+  async listNodes(): Promise<INode[] | null> {
+    try {
+      const reply = await this.json<INodesReply>('nodes', { method: 'GET' });
+      return Array.isArray(reply?.nodes) ? reply.nodes : [];
     } catch (err) {
       if (err instanceof LmServeError && err.status === 404) {
         return null;

@@ -20,7 +20,7 @@ import {
   stateKind,
   workerBounds
 } from './format';
-import type { IGpuMap } from './gpumap';
+import type { IGpuMap, IGpuRow, INodeView } from './gpumap';
 import type { IModelView, ISnapshot } from './store';
 import type { IWorker } from './types';
 
@@ -54,6 +54,7 @@ function StateChip(props: { state: string | null | undefined }): JSX.Element {
 function WorkerBlock(props: { worker: IWorker }): JSX.Element {
   const { worker } = props;
   const ranks = worker.ranks ?? [];
+  const byNode = ranks.some(r => r.node);
   return (
     <div className="jp-LmServe-worker" data-worker={String(worker.id)}>
       <div className="jp-LmServe-workerHead">
@@ -63,6 +64,11 @@ function WorkerBlock(props: { worker: IWorker }): JSX.Element {
           {formatDevices(worker.devices)}
         </span>
       </div>
+      {worker.waiting_for_nodes && (
+        <div className="jp-LmServe-muted jp-LmServe-waiting">
+          waiting for nodes: {worker.waiting_for_nodes}
+        </div>
+      )}
       {ranks.length === 0 ? (
         <div className="jp-LmServe-muted">no ranks yet</div>
       ) : (
@@ -70,6 +76,7 @@ function WorkerBlock(props: { worker: IWorker }): JSX.Element {
           <thead>
             <tr>
               <th>rank</th>
+              {byNode && <th>node</th>}
               <th>pid</th>
               <th>state</th>
             </tr>
@@ -83,6 +90,12 @@ function WorkerBlock(props: { worker: IWorker }): JSX.Element {
                 data-pid={r.pid ?? ''}
               >
                 <td>{r.rank}</td>
+                {byNode && (
+                  <td className="jp-LmServe-rankNode" title={r.host ?? ''}>
+                    {r.node}
+                    {r.address ? ` (${r.address})` : ''}
+                  </td>
+                )}
                 <td>{formatPid(r.pid)}</td>
                 <td>
                   {r.state ? <StateChip state={r.state} /> : <span>—</span>}
@@ -215,8 +228,75 @@ function ModelCard(props: {
   );
 }
 
+function GpuTiles(props: { rows: IGpuRow[] }): JSX.Element {
+  return (
+    <div className="jp-LmServe-gpuGrid">
+      {props.rows.map(row => (
+        <div
+          key={`${row.node ?? ''}:${row.id}`}
+          className={
+            'jp-LmServe-gpu ' +
+            (row.holder ? 'jp-LmServe-gpu-held' : 'jp-LmServe-gpu-free')
+          }
+          data-gpu={row.id}
+          data-node={row.node ?? ''}
+          title={
+            row.holder
+              ? `GPU ${row.id}: ${row.holder.model}, worker ${row.holder.worker}`
+              : `GPU ${row.id}: free`
+          }
+        >
+          <span className="jp-LmServe-gpuId">GPU {row.id}</span>
+          <span className="jp-LmServe-gpuHolder">
+            {row.holder ? `${row.holder.model} · w${row.holder.worker}` : 'free'}
+          </span>
+        </div>
+      ))}
+    </div>
+  );
+}
+
+/** Several hosts: one block per node, with its state, its GPUs and its worker groups. */
+function NodeBlocks(props: { nodes: INodeView[] }): JSX.Element {
+  return (
+    <div className="jp-LmServe-nodes">
+      {props.nodes.map(node => (
+        <div
+          key={node.name}
+          className="jp-LmServe-node"
+          data-node={node.name}
+          data-state={node.state}
+        >
+          <div className="jp-LmServe-nodeHead">
+            <span className="jp-LmServe-nodeName">
+              {node.name}
+              {node.local ? ' (this server)' : ''}
+            </span>
+            <StateChip state={node.state} />
+            <span className="jp-LmServe-muted">{node.address}</span>
+          </div>
+          {node.lostReason && node.state !== 'online' && (
+            <div className="jp-LmServe-muted">lost: {node.lostReason}</div>
+          )}
+          {node.rows.length > 0 ? (
+            <GpuTiles rows={node.rows} />
+          ) : (
+            <div className="jp-LmServe-muted">no GPUs (CPU)</div>
+          )}
+          <div className="jp-LmServe-muted jp-LmServe-nodeWorkers">
+            {node.workers.length ? node.workers.join(', ') : 'no worker groups'}
+          </div>
+        </div>
+      ))}
+    </div>
+  );
+}
+
 function GpuMapView(props: { map: IGpuMap }): JSX.Element {
   const { map } = props;
+  if (map.nodes.length > 0) {
+    return <NodeBlocks nodes={map.nodes} />;
+  }
   if (map.rows.length === 0) {
     return (
       <div className="jp-LmServe-muted jp-LmServe-noGpus">
@@ -226,30 +306,7 @@ function GpuMapView(props: { map: IGpuMap }): JSX.Element {
   }
   return (
     <div className="jp-LmServe-gpus">
-      <div className="jp-LmServe-gpuGrid">
-        {map.rows.map(row => (
-          <div
-            key={row.id}
-            className={
-              'jp-LmServe-gpu ' +
-              (row.holder ? 'jp-LmServe-gpu-held' : 'jp-LmServe-gpu-free')
-            }
-            data-gpu={row.id}
-            title={
-              row.holder
-                ? `GPU ${row.id}: ${row.holder.model}, worker ${row.holder.worker}`
-                : `GPU ${row.id}: free`
-            }
-          >
-            <span className="jp-LmServe-gpuId">GPU {row.id}</span>
-            <span className="jp-LmServe-gpuHolder">
-              {row.holder
-                ? `${row.holder.model} · w${row.holder.worker}`
-                : 'free'}
-            </span>
-          </div>
-        ))}
-      </div>
+      <GpuTiles rows={map.rows} />
       <div className="jp-LmServe-muted">
         {map.complete
           ? `Free: ${map.free.length ? map.free.join(', ') : 'none'}`
@@ -320,7 +377,9 @@ export function PanelView(props: IPanelViewProps): JSX.Element {
           />
         ))
       )}
-      <h3 className="jp-LmServe-section">GPUs</h3>
+      <h3 className="jp-LmServe-section">
+        {snapshot.gpuMap.nodes.length > 0 ? 'Nodes and GPUs' : 'GPUs'}
+      </h3>
       <GpuMapView map={snapshot.gpuMap} />
     </div>
   );

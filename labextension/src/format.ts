@@ -11,6 +11,7 @@ export function stateKind(state: string | null | undefined): StateKind {
     case 'running':
     case 'healthy':
     case 'alive':
+    case 'online':
       return 'ok';
     case 'starting':
     case 'stopping':
@@ -22,6 +23,7 @@ export function stateKind(state: string | null | undefined): StateKind {
     case 'dead':
     case 'error':
     case 'unhealthy':
+    case 'lost':
       return 'error';
     default:
       return 'unknown';
@@ -140,6 +142,11 @@ export function configSummary(
   const nproc = nprocPerNode(config);
   if (nproc !== null) {
     parts.push(`${plural(nproc, 'rank')}/worker`);
+  }
+  const torchrun = config?.torchrun as Record<string, unknown> | undefined;
+  const nnodes = torchrun && typeof torchrun === 'object' ? intOrNull(torchrun.nnodes) : null;
+  if (nnodes !== null && nnodes > 1) {
+    parts.push(`${nnodes} hosts`);
   }
   const parallel = config?.parallelType;
   if (typeof parallel === 'string' && parallel) {

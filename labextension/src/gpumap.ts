@@ -1,16 +1,32 @@
 /**
- * The GPU map: which worker of which model holds each GPU, and which are free.
+ * The GPU map: which worker of which model holds each GPU, and which are free;
+ * with `lmjupyter node` agents, grouped by node (host), each node with its state.
  *
  * The server's `GET lmserve/api/gpus` is the source of truth (it knows GPUs no
  * one holds). Against a server without that route the map is rebuilt from the
  * workers' CUDA_VISIBLE_DEVICES strings; it then lists held GPUs only, and
  * says so (`complete: false`).
  */
-import type { IGpu, IModelDescription } from './types';
+import type { IGpu, IModelDescription, INode } from './types';
 
 export interface IGpuRow {
   id: number;
   holder: { model: string; worker: string } | null;
+  /** The node the GPU is on (absent: the server's own host, older servers). */
+  node?: string;
+}
+
+/** One host of the server: its state, its GPUs and the worker groups with a share there. */
+export interface INodeView {
+  name: string;
+  address: string;
+  local: boolean;
+  /** "online" or "lost". */
+  state: string;
+  lostReason: string | null;
+  rows: IGpuRow[];
+  /** "llama · w1 (node 1)" per worker group share on this node. */
+  workers: string[];
 }
 
 export interface IHolderGroup {
@@ -25,6 +41,8 @@ export interface IGpuMap {
   holders: IHolderGroup[];
   /** False when built from workers' devices: free GPUs are then unknown. */
   complete: boolean;
+  /** Every node when the server has agents on other hosts; [] with one host. */
+  nodes: INodeView[];
 }
 
 /** "0,1, 3" → [0, 1, 3]. Empty (CPU) → []. Non-integer ids (GPU UUIDs) are skipped. */
@@ -41,15 +59,18 @@ export function parseDevices(devices: string | null | undefined): number[] {
 
 export function buildGpuMap(
   gpus: IGpu[] | null,
-  models: IModelDescription[]
+  models: IModelDescription[],
+  nodes: INode[] | null = null
 ): IGpuMap {
   let rows: IGpuRow[];
+  const nodeOrder = new Map((nodes ?? []).map((n, i) => [n.name, i]));
   if (gpus !== null) {
     rows = gpus.map(g => ({
       id: g.id,
       holder: g.holder
         ? { model: g.holder.model, worker: String(g.holder.worker) }
-        : null
+        : null,
+      ...(g.node ? { node: g.node } : {})
     }));
   } else {
     const byId = new Map<number, IGpuRow>();
@@ -67,7 +88,9 @@ export function buildGpuMap(
     }
     rows = [...byId.values()];
   }
-  rows.sort((a, b) => a.id - b.id);
+  const orderOf = (row: IGpuRow): number =>
+    row.node === undefined ? -1 : (nodeOrder.get(row.node) ?? nodeOrder.size);
+  rows.sort((a, b) => orderOf(a) - orderOf(b) || a.id - b.id);
 
   const groups = new Map<string, IHolderGroup>();
   const free: number[] = [];
@@ -84,5 +107,27 @@ export function buildGpuMap(
     }
     group.gpus.push(row.id);
   }
-  return { rows, free, holders: [...groups.values()], complete: gpus !== null };
+  return {
+    rows,
+    free,
+    holders: [...groups.values()],
+    complete: gpus !== null,
+    nodes: nodes !== null && nodes.length > 1 ? nodeViews(nodes, rows) : []
+  };
+}
+
+function nodeViews(nodes: INode[], rows: IGpuRow[]): INodeView[] {
+  const local = nodes.find(n => n.local)?.name;
+  return nodes.map(n => ({
+    name: n.name,
+    address: n.address ?? '',
+    local: n.local === true,
+    state: n.state ?? 'online',
+    lostReason: n.lost_reason ?? null,
+    rows: rows.filter(r => (r.node ?? local) === n.name),
+    workers: (n.workers ?? []).map(
+      w =>
+        `${w.model} · w${w.worker}` + (w.node_rank ? ` (node ${w.node_rank})` : '')
+    )
+  }));
 }

@@ -11,13 +11,14 @@ import { diffModels, isEmptyDiff } from './diff';
 import { buildGpuMap, type IGpuMap } from './gpumap';
 import { RateTracker, requestsTotal } from './rates';
 import { sortModels } from './format';
-import type { IGpu, IModelDescription } from './types';
+import type { IGpu, IModelDescription, INode } from './types';
 
-/** The part of LmServeClient the store uses. */
+/** The part of LmServeClient the store uses (`listNodes`: servers with several hosts). */
 export type StoreClient = Pick<
   LmServeClient,
   'listModels' | 'listGpus' | 'scale' | 'undeploy'
->;
+> &
+  Partial<Pick<LmServeClient, 'listNodes'>>;
 
 export interface IModelView {
   model: IModelDescription;
@@ -51,6 +52,17 @@ function messageOf(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
 
+/** Nodes without their heartbeat age, which changes on every poll and is not shown. */
+function withoutClock(nodes: INode[] | null): INode[] | null {
+  return nodes === null
+    ? null
+    : nodes.map(n => {
+        const copy = { ...n };
+        delete copy.last_seen_s;
+        return copy;
+      });
+}
+
 export class LmServeStore {
   constructor(
     private readonly client: StoreClient,
@@ -67,11 +79,12 @@ export class LmServeStore {
     return () => this._listeners.delete(fn);
   }
 
-  /** One poll: models and GPUs. Throws (after recording the error) on failure. */
+  /** One poll: models, GPUs and nodes. Throws (after recording the error) on failure. */
   async refresh(): Promise<void> {
-    const [models, gpus] = await Promise.allSettled([
+    const [models, gpus, nodes] = await Promise.allSettled([
       this.client.listModels(),
-      this.client.listGpus()
+      this.client.listGpus(),
+      this.client.listNodes ? this.client.listNodes() : Promise.resolve(null)
     ]);
     const now = this.now();
     const failure =
@@ -79,13 +92,17 @@ export class LmServeStore {
         ? models.reason
         : gpus.status === 'rejected'
           ? gpus.reason
-          : null;
+          : nodes.status === 'rejected'
+            ? nodes.reason
+            : null;
 
     let changed = false;
     if (models.status === 'fulfilled') {
       const gpuList: IGpu[] | null =
         gpus.status === 'fulfilled' ? gpus.value : this._gpus;
-      changed = this._apply(models.value, gpuList, now);
+      const nodeList: INode[] | null =
+        nodes.status === 'fulfilled' ? withoutClock(nodes.value) : this._nodes;
+      changed = this._apply(models.value, gpuList, nodeList, now);
       this._lastUpdated = now;
     }
     const error = failure === null ? null : messageOf(failure);
@@ -143,6 +160,7 @@ export class LmServeStore {
   private _apply(
     models: IModelDescription[],
     gpus: IGpu[] | null,
+    nodes: INode[] | null,
     now: number
   ): boolean {
     const sorted = sortModels(models);
@@ -172,11 +190,14 @@ export class LmServeStore {
         ratesChanged = true;
       }
     }
-    const gpusChanged = JSON.stringify(gpus) !== JSON.stringify(this._gpus);
+    const gpusChanged =
+      JSON.stringify(gpus) !== JSON.stringify(this._gpus) ||
+      JSON.stringify(nodes) !== JSON.stringify(this._nodes);
 
     this._models = sorted;
     this._rateOf = rates;
     this._gpus = gpus;
+    this._nodes = nodes;
     return !isEmptyDiff(diff) || ratesChanged || gpusChanged;
   }
 
@@ -188,7 +209,7 @@ export class LmServeStore {
         changedAt: this._changedAt.get(model.name) ?? null,
         pending: this._pending.get(model.name) ?? null
       })),
-      gpuMap: buildGpuMap(this._gpus, this._models),
+      gpuMap: buildGpuMap(this._gpus, this._models, this._nodes),
       error,
       actionError: this._actionError,
       lastUpdated: this._lastUpdated,
@@ -209,6 +230,7 @@ export class LmServeStore {
   };
   private _models: IModelDescription[] = [];
   private _gpus: IGpu[] | null = [];
+  private _nodes: INode[] | null = null;
   private _rateOf = new Map<string, number | null>();
   private readonly _rates = new RateTracker();
   private readonly _changedAt = new Map<string, number>();

@@ -18,10 +18,17 @@ export interface IPhase {
 
 export interface IRank {
   rank: number;
+  /** On the rank's own host (a rank on another node has a pid of that host). */
   pid?: number | null;
   state?: string | null;
   /** Only while the rank starts: the phase it reported last. */
   phase?: IPhase | null;
+  /** Groups across hosts (torchrun.nnodes > 1): the node the rank runs on. */
+  node?: string | null;
+  host?: string | null;
+  address?: string | null;
+  /** "cpu" or "GPU n" on its node. */
+  device?: string | null;
 }
 
 export interface IWorker {
@@ -30,6 +37,8 @@ export interface IWorker {
   /** The CUDA_VISIBLE_DEVICES string; "" on CPU. */
   devices?: string | null;
   ranks?: IRank[];
+  /** Why a group across hosts waits to start (a node is missing). */
+  waiting_for_nodes?: string | null;
 }
 
 export interface IQueue {
@@ -68,6 +77,34 @@ export interface IGpuHolder {
 export interface IGpu {
   id: number;
   holder: IGpuHolder | null;
+  /** The node (host) the GPU is on; absent from servers older than several-host groups. */
+  node?: string | null;
+}
+
+/** A worker group with a share on a node (`node_rank` 0 is the server's own host). */
+export interface INodeWorker {
+  model: string;
+  worker: number | string;
+  node_rank?: number | null;
+  state?: string | null;
+}
+
+/** The server's host or an `lmjupyter node` agent (GET lmserve/api/nodes). */
+export interface INode {
+  name: string;
+  hostname?: string | null;
+  address?: string | null;
+  local?: boolean;
+  /** "online" or "lost". */
+  state?: string | null;
+  lost_reason?: string | null;
+  gpus?: IGpu[];
+  workers?: INodeWorker[];
+  last_seen_s?: number | null;
+}
+
+export interface INodesReply {
+  nodes: INode[];
 }
 
 export interface ILogChunk {

@@ -67,6 +67,14 @@ describe('LmServeClient', () => {
     await expect(broken.client.listGpus()).rejects.toThrow('allocator broke');
   });
 
+  it('lists nodes, and answers null against a server without the /nodes route', async () => {
+    const { client, calls } = fakeTransport(() => json(200, { nodes: [{ name: 'a', local: true }] }));
+    expect(await client.listNodes()).toEqual([{ name: 'a', local: true }]);
+    expect(calls[0].path).toBe('nodes');
+    const missing = fakeTransport(() => new Response('not found', { status: 404 }));
+    expect(await missing.client.listNodes()).toBeNull();
+  });
+
   it('scales with PUT {"workers": N} and undeploys with DELETE, names escaped', async () => {
     const { calls, client } = fakeTransport(({ init }) =>
       init.method === 'DELETE' ? new Response(null, { status: 204 }) : json(200, { name: 'a b', state: 'ready' })

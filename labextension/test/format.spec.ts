@@ -76,6 +76,9 @@ describe('format', () => {
       })
     ).toBe('cpu · 2 ranks/worker · tp · 1–2 workers');
     expect(configSummary({ minWorkers: 1, maxWorkers: 1 })).toBe('1 worker');
+    expect(configSummary({ parallelType: 'tp', torchrun: { 'nproc-per-node': 1, nnodes: 2 } })).toBe(
+      '1 rank/worker · 2 hosts · tp'
+    );
     expect(configSummary(null)).toBe('');
   });
 

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 
 import { LmServeError } from '../src/client';
 import { LmServeStore, type ISnapshot, type StoreClient } from '../src/store';
-import type { IGpu, IModelDescription } from '../src/types';
+import type { IGpu, IModelDescription, INode } from '../src/types';
 
 function echo(overrides: Partial<IModelDescription> = {}): IModelDescription {
   return {
@@ -44,6 +44,10 @@ class FakeClient implements StoreClient {
   async listGpus() {
     if (this.gpusError) throw this.gpusError;
     return this.gpus;
+  }
+  nodes: INode[] | null = null;
+  async listNodes() {
+    return JSON.parse(JSON.stringify(this.nodes));
   }
   async scale(name: string, workers: number) {
     this.actions.push(`scale ${name} ${workers}`);
@@ -160,6 +164,27 @@ describe('LmServeStore', () => {
     expect(store.snapshot.models).toHaveLength(2);
     expect(store.snapshot.gpuMap.holders).toEqual([{ model: 'echo', worker: '1', gpus: [0] }]);
     expect(store.snapshot.error).toBe('allocator broke');
+  });
+
+  it('shows nodes, and does not republish for a heartbeat age alone', async () => {
+    const { client, store, published } = setup();
+    client.models = [echo()];
+    client.nodes = [
+      { name: 'a', local: true, state: 'online', last_seen_s: null },
+      { name: 'b', state: 'online', last_seen_s: 0.3 }
+    ];
+    await store.refresh();
+    expect(store.snapshot.gpuMap.nodes.map(n => [n.name, n.state])).toEqual([
+      ['a', 'online'],
+      ['b', 'online']
+    ]);
+    client.nodes[1].last_seen_s = 1.7;
+    await store.refresh();
+    expect(published).toHaveLength(1);
+    client.nodes[1].state = 'lost';
+    await store.refresh();
+    expect(published).toHaveLength(2);
+    expect(store.snapshot.gpuMap.nodes[1].state).toBe('lost');
   });
 
   it('falls back to workers’ devices when the server has no /gpus route', async () => {

@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ from lmjupyter.engine.store import ModelStore
 from lmjupyter.engine.worker_group import WorkerSpec, read_tail
 from lmjupyter.errors import ApiError
 from lmjupyter.gpus import GpuAllocationError, GpuAllocator, Holder
+from lmjupyter.nodes import multinode
+from lmjupyter.nodes.registry import NodeRegistry
 
 log = logging.getLogger("lmjupyter")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -57,6 +60,11 @@ class EngineSettings:
     warm_spares: int = 0  # torchrun groups kept started with torch imported (engine/spares.py)
     fork_server: bool = True  # start workers from a process with torch imported (engine/launcher.py)
     preload: list[str] | None = None  # modules the fork server imports besides torch; None: DEFAULT_PRELOAD
+    # Several hosts (lmjupyter/nodes/): this host's address for agents' ranks and torchrun's rendezvous,
+    # the TCP port ranks on other hosts connect to (0: a free one), and when a quiet agent counts as lost.
+    node_address: str = "127.0.0.1"
+    node_port: int = 0
+    node_timeout: float = 10.0
 
 
 class Engine:
@@ -82,6 +90,8 @@ class Engine:
         preload = DEFAULT_PRELOAD if settings.preload is None else settings.preload
         self.launcher = (ForkServerLauncher(self._base_env(), os.path.join(self.run_dir, "forkserver.log"), preload)
                          if settings.fork_server else ColdLauncher())
+        self.nodes = NodeRegistry(socket.gethostname(), socket.gethostname(), settings.node_address,
+                                  self.allocator.gpus, port=settings.node_port, timeout=settings.node_timeout)
 
     # ---- queries ----------------------------------------------------------------------------
     def model(self, name: str, version: str | None = None) -> ServedModel:
@@ -140,15 +150,21 @@ class Engine:
                 "events": events, "last": events[-1]["seq"] if events else after}
 
     def describe_gpus(self) -> list[dict]:
+        """This host's GPUs and every agent's, each with its ``node``."""
         self.allocator.held = self._held_gpus()
-        return self.allocator.describe()
+        return ([{**gpu, "node": self.nodes.local.name} for gpu in self.allocator.describe()]
+                + [{**gpu, "node": node.name} for node in self.nodes.agents.values() for gpu in node.describe()["gpus"]])
+
+    def describe_nodes(self) -> list[dict]:
+        """This host (node 0 of every worker) and the agents; what ``GET /nodes`` answers."""
+        return multinode.describe_nodes(self)
 
     def logs(self, name: str, rank: int | None = None, tail: int = 100, version: str | None = None) -> list[dict]:
         model = self.model(name, version)
         out = []
         for worker_id in sorted(model.workers):
             log_dir = self._log_dir(model.name, model.version, worker_id)
-            ranks = [rank] if rank is not None else range(model.config.nproc)
+            ranks = [rank] if rank is not None else range(model.config.nproc * model.config.nnodes)
             for r in ranks:
                 text = read_tail(os.path.join(log_dir, f"rank{r}.log"), tail)
                 out.append({"worker": worker_id, "rank": r, "lines": text.splitlines()})
@@ -161,6 +177,7 @@ class Engine:
         Versions of one name run side by side; the first deployed is the default. ``target_workers``
         and ``default`` serve the registry snapshot's restore (the count a model was scaled to).
         """
+        restoring = target_workers is not None
         request = await self._parse_deploy(body)
         name, version, config = request["name"], request["version"], request["config"]
         self._refuse_duplicate(request)
@@ -173,8 +190,10 @@ class Engine:
         count = config.minWorkers if target_workers is None else min(max(target_workers, config.minWorkers),
                                                                      config.maxWorkers)
         plan = self._plan_gpus((name, version), config, list(range(1, count + 1)))
+        # A restore (target_workers) does not wait for agents to be back: its workers wait for them.
+        node_plan = None if restoring else multinode.plan_or_refuse(self, name, config, list(plan))
         if request["dry_run"]:
-            return self._dry_run(request, plan)
+            return self._dry_run(request, plan, node_plan)
         existing = self._models.get((name, version))
         default = default or self._defaults.get(name) == version  # a failed default is replaced as the default
         if existing is not None:
@@ -356,10 +375,16 @@ class Engine:
 
     def _torchrun_args(self, config: ModelConfig) -> list[str]:
         extra = config.torchrun.passthrough()
-        bad = sorted(RESERVED_TORCHRUN_KEYS & set(extra))
+        reserved = RESERVED_TORCHRUN_KEYS | (multinode.RESERVED_KEYS if config.nnodes > 1 else set())
+        bad = sorted(reserved & set(extra))
         if bad:
             raise ApiError(400, f"torchrun.{bad[0]} is set by lmjupyter and cannot be given", key=f"torchrun.{bad[0]}")
-        args = [] if {"rdzv-endpoint", "rdzv_endpoint", "nnodes"} & set(extra) else ["--standalone", "--nnodes", "1"]
+        if config.nnodes > 1:  # the per-node rendezvous arguments come at each start (nodes/launch.py)
+            args = ["--nnodes", str(config.nnodes)]
+        elif {"rdzv-endpoint", "rdzv_endpoint"} & set(extra):
+            args = []
+        else:
+            args = ["--standalone", "--nnodes", "1"]
         args += ["--nproc-per-node", str(config.nproc)]
         if not {"monitor-interval", "monitor_interval"} & set(extra):
             args += ["--monitor-interval", "0.1"]  # the default 5 s delays every exit by seconds
@@ -393,15 +418,17 @@ class Engine:
             model_name=model.name, worker_id=worker_id, handler=model.handler, model_dir=model.model_dir,
             config=config.as_yaml_dict(other_sections=True), nproc=config.nproc, gpus=gpus,
             torchrun_args=self._torchrun_args(config), env=self._worker_env(config, gpus, model.python_path),
-            manifest=model.manifest, spares=self.spares, model_version=model.version,
-            on_metrics=model.metrics.handler_metrics, launcher=self.launcher, events=model.events,
+            manifest=model.manifest, spares=self.spares if config.nnodes == 1 else None,
+            model_version=model.version, on_metrics=model.metrics.handler_metrics, launcher=self.launcher,
+            events=model.events,
             run_dir=self.run_dir, log_dir=self._log_dir(model.name, model.version, worker_id),
-            startup_timeout=config.startupTimeout)
+            startup_timeout=config.startupTimeout, nnodes=config.nnodes,
+            remote=multinode.launch_hook(self, model, worker_id))
 
     def _log_dir(self, name: str, version: str, worker_id: int) -> str:
         return os.path.join(self.run_dir, "logs", name, f"v{version}", f"w{worker_id}")
 
-    def _dry_run(self, request: dict, plan: dict[int, list[int]]) -> dict:
+    def _dry_run(self, request: dict, plan: dict[int, list[int]], node_plan: dict | None = None) -> dict:
         config = request["config"]
         args = self._torchrun_args(config)
         workers = []
@@ -410,10 +437,13 @@ class Engine:
             workers.append({"id": wid, "devices": ",".join(map(str, gpus)), "command": command,
                             "env": {"CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus)),
                                     "OMP_NUM_THREADS": str(config.torchrun.omp_number_threads)}})
+            if node_plan:
+                multinode.dry_run_nodes(self, workers[-1], args, config, node_plan[wid])
         return {"name": request["name"], "dry_run": True, "handler": request["handler"],
                 "model_dir": request["model_dir"], "config": config.as_yaml_dict(),
                 "warnings": request["warnings"],
-                "plan": {"device_type": config.deviceType, "nproc_per_node": config.nproc, "workers": workers}}
+                "plan": {"device_type": config.deviceType, "nproc_per_node": config.nproc, "nnodes": config.nnodes,
+                         "workers": workers}}
 
     # ---- scale and undeploy -----------------------------------------------------------------
     async def scale(self, name: str, body: Any, version: str | None = None,
@@ -438,6 +468,7 @@ class Engine:
             new_ids.append(next_id)
             next_id += 1
         plan = self._plan_gpus((model.name, model.version), model.config, new_ids, own=model.gpus)
+        multinode.plan_or_refuse(self, model.name, model.config, new_ids)
         await model.scale(count, plan)
         return self.describe_model(model)
 
@@ -504,6 +535,7 @@ class Engine:
         await asyncio.gather(*(m.stop() for m in self._models.values()), return_exceptions=True)
         self._models.clear()
         await self.launcher.close()
+        await self.nodes.shutdown()
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def _changed(self) -> None:

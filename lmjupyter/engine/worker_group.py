@@ -63,6 +63,12 @@ class WorkerSpec:
     on_metrics: Callable[[list], None] | None = field(default=None, repr=False, compare=False)  # handler metrics
     launcher: Any = field(default=None, repr=False, compare=False)  # engine/launcher.py; None: cold
     events: Any = field(default=None, repr=False, compare=False)    # a list the start-up events go to
+    nnodes: int = 1        # hosts of the group; > 1: ``remote`` (lmjupyter/nodes/launch.py) starts the others
+    remote: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc * self.nnodes
 
     @property
     def devices(self) -> str:
@@ -90,14 +96,16 @@ class RankLink:
     writer: asyncio.Transport  # write() and close(), as a StreamWriter had
     state: str = "loading"
     phase: dict | None = None  # the start-up phase the rank reported last: {"name", "done", "total"}
+    node: str | None = None    # the agent's node a rank on another host runs on; None: this host
 
 
 class _RankConnection(asyncio.Protocol):
     """One rank's socket: each frame is decoded as soon as it is in and handed to the group
     in the same event-loop callback (no reader task to wake, no per-message coroutine)."""
 
-    def __init__(self, group: "WorkerGroup"):
+    def __init__(self, group: "WorkerGroup", node: str | None = None):
         self.group = group
+        self.node = node
         self.link: RankLink | None = None
         self.transport: asyncio.Transport | None = None
         self._frames = ipc.FrameDecoder()
@@ -158,7 +166,11 @@ class WorkerGroup:
         spec = self.spec
         os.makedirs(spec.log_dir, mode=0o700, exist_ok=True)
         self.started_at = time.monotonic()
-        self._event(None, "starting ranks", 0, spec.nproc)
+        self._event(None, "starting ranks", 0, spec.world_size)
+        if spec.remote is not None:  # a group across hosts (lmjupyter/nodes/launch.py)
+            await spec.remote.launch(self)
+            await self._wait_ready()
+            return
         pool = spec.spares
         if pool is None:
             await self._launch()
@@ -215,6 +227,10 @@ class WorkerGroup:
             link.writer.write(frame)
         self._spawn(self._watch_exit())
 
+    def rank_protocol(self, node: str) -> asyncio.Protocol:
+        """The protocol of a rank connection from another host, once it has authenticated."""
+        return _RankConnection(self, node)
+
     def current(self) -> "WorkerGroup":
         """The group that owns this one's processes now: itself, or the group that took the spare."""
         group = self
@@ -231,7 +247,7 @@ class WorkerGroup:
             self.state = WorkerState.FAILED
             await self.kill()
             message = (f"worker {self.id} did not start within startupTimeout={spec.startup_timeout:g}s "
-                       f"(ranks ready: {loaded or 'none'} of {spec.nproc})")
+                       f"(ranks ready: {loaded or 'none'} of {spec.world_size})")
             self._event(None, "failed", None, None, message)
             raise WorkerStartError(message) from None
         except WorkerStartError as exc:
@@ -247,9 +263,9 @@ class WorkerGroup:
             self._handle(link, message)
         elif message[0] == "hello":
             _, rank, pid = message
-            connection.link = self.ranks[rank] = RankLink(rank, pid, connection.transport)
+            connection.link = self.ranks[rank] = RankLink(rank, pid, connection.transport, node=connection.node)
             if not self.spec.spare:
-                self._event(None, "starting ranks", len(self.ranks), self.spec.nproc)
+                self._event(None, "starting ranks", len(self.ranks), self.spec.world_size)
             if self._spec_payload is not None:
                 connection.transport.write(ipc.pack(("spec", self._spec_payload)))
         else:
@@ -259,7 +275,8 @@ class WorkerGroup:
         link = connection.link
         if link is not None:
             link.state = "exited"
-            self._broken(f"rank {link.rank} (pid {link.pid}) of worker {self.id} exited")
+            where = f" on node {link.node}" if link.node else ""
+            self._broken(f"rank {link.rank} (pid {link.pid}{where}) of worker {self.id} exited")
 
     def _handle(self, link: RankLink, message: tuple) -> None:
         kind = message[0]
@@ -287,7 +304,7 @@ class WorkerGroup:
             self.handler_info = message[3] if len(message) > 3 else {}
             self.slots = int(self.handler_info.get("slots", 0))
             self._event(link.rank, "ready", None, None)
-            if len(self.ranks) == self.spec.nproc and all(r.state == "ready" for r in self.ranks.values()):
+            if len(self.ranks) == self.spec.world_size and all(r.state == "ready" for r in self.ranks.values()):
                 self._event(None, "ready", None, None)
                 _resolve(self._ready, None)
         elif kind == "metrics" and self.spec.on_metrics is not None:
@@ -388,14 +405,20 @@ class WorkerGroup:
 
     async def kill(self) -> None:
         """SIGKILL torchrun and every rank we know of; wait until torchrun is reaped."""
-        for pid in [link.pid for link in self.ranks.values()]:
+        remote = None
+        if self.spec.remote is not None:  # the agents end their shares (their pids are not ours)
+            remote = asyncio.ensure_future(self.spec.remote.stop())
+        local_pids = [link.pid for link in self.ranks.values() if link.node is None]
+        for pid in local_pids:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
         if self.process and self.process.returncode is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.process.pid, signal.SIGKILL)
             await self.process.wait()
-        await _wait_gone([link.pid for link in self.ranks.values()], timeout=5.0)
+        await _wait_gone(local_pids, timeout=5.0)
+        if remote is not None:
+            await remote
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -427,6 +450,8 @@ class WorkerGroup:
         out = {"id": self.id, "state": self.state.value, "devices": self.spec.devices, "ranks": ranks}
         if self.slots:
             out["slots"] = self.requests.describe()
+        if self.spec.remote is not None:
+            self.spec.remote.describe_into(self, out)
         return out
 
     def send_to_leader(self, message: tuple) -> None:
@@ -441,7 +466,7 @@ class WorkerGroup:
 
     def log_tail(self, lines: int = 50, rank: int | None = None) -> str:
         paths = [] if rank is not None else [self.agent_log]
-        paths += [os.path.join(self.spec.log_dir, f"rank{r}.log") for r in ([rank] if rank is not None else range(self.spec.nproc))]
+        paths += [os.path.join(self.spec.log_dir, f"rank{r}.log") for r in ([rank] if rank is not None else range(self.spec.world_size))]
         return "\n".join(read_tail(path, lines) for path in paths).strip()
 
     def _spawn(self, coro) -> None:

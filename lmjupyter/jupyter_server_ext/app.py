@@ -12,7 +12,7 @@ import os
 import secrets
 
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Bool, Int, List, Unicode
+from traitlets import Bool, Float, Int, List, Unicode
 
 from lmjupyter.engine.engine import Engine, EngineSettings
 from lmjupyter.gpus import discover_gpus
@@ -55,6 +55,14 @@ class LMServe(ExtensionApp):
         "Keep N torchrun groups started ahead (torch imported, ranks waiting for a model) for the "
         "next worker starts of the same shape; as `lmjupyter serve --warm-spares N`. With the "
         "fork server a start is already fast; spares also skip torchrun's rendezvous."))
+    node_address = Unicode(None, allow_none=True, config=True, help=(
+        "This host's address for `lmjupyter node` agents on other hosts (worker groups with "
+        "torchrun.nnodes > 1): their ranks connect to it and torchrun's rendezvous runs on it. "
+        "Default: the server's ip, or 127.0.0.1 when it listens on all addresses."))
+    node_port = Int(0, config=True, help=(
+        "TCP port on node_address that ranks on other hosts connect to (0: a free one)."))
+    node_timeout = Float(10.0, config=True, help=(
+        "Seconds without a heartbeat after which an agent counts as lost (its worker groups restart)."))
     export_environment = Bool(True, config=True, help=(
         "Export LMJUPYTER_URL and LMJUPYTER_TOKEN to the environment kernels inherit, so "
         "that %lmserve and lmjupyter.discovery.connect() find this server."))
@@ -72,7 +80,9 @@ class LMServe(ExtensionApp):
             root_dir=root_dir, model_store=store, gpus=gpus,
             allowed_roots=[os.path.realpath(os.path.expanduser(p)) for p in self.allow_roots],
             install_requirements=self.install_requirements, warm_spares=max(0, self.warm_spares),
-            fork_server=self.fork_server, preload=None if self.preload is None else list(self.preload)))
+            fork_server=self.fork_server, preload=None if self.preload is None else list(self.preload),
+            node_address=self.node_address or ("127.0.0.1" if self.serverapp.ip in _WILDCARDS else self.serverapp.ip),
+            node_port=self.node_port, node_timeout=self.node_timeout))
         identity = self.serverapp.identity_provider
         # Password-only servers have no token a kernel could send: mint one these routes accept.
         self.kernel_token = None if identity.token or not identity.auth_enabled else secrets.token_urlsafe(32)

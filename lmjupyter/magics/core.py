@@ -17,7 +17,7 @@ from lmjupyter import discovery
 from lmjupyter.client import LMServeError
 from lmjupyter.magics import workspace
 from lmjupyter.magics.live import Live, deploy_progress, print_partial
-from lmjupyter.widgets.render import logs_text, models_table, plan_table, workers_table
+from lmjupyter.widgets.render import logs_text, models_table, nodes_table, plan_table, workers_table
 
 POLL_INTERVAL = 0.3
 TERMINAL_STATES = ("ready", "failed")
@@ -66,6 +66,7 @@ PARSERS = {
     "undeploy": _parser("undeploy", (("name",), {})),
     "logs": _parser("logs", (("name",), {}), (("--rank",), {"type": int}),
                     (("--tail",), {"type": int, "default": 40})),
+    "nodes": _parser("nodes"),
     "panel": _parser("panel", (("--interval",), {"type": float, "default": 2.0})),
     "connect": _parser("connect", (("url",), {"nargs": "?"}), (("--token",), {})),
     "handler": _parser("handler", (("name",), {})),
@@ -115,6 +116,8 @@ class LMServeMagics(Magics):
           %lmserve undeploy NAME   stop the model; every one of its processes ends
           %lmserve logs NAME [--rank R] [--tail N]
                                    the last N lines of each rank's log (default 40)
+          %lmserve nodes           this server's host and the `lmjupyter node` agents on other
+                                   hosts: address, state (online or lost), GPUs, worker groups
           %lmserve panel [--interval S]
                                    the control panel: models, GPU map, config editor,
                                    deploy/scale/undeploy, query box, live latency plot
@@ -318,6 +321,10 @@ class LMServeMagics(Magics):
         args = self._args("logs", rest)
         print(logs_text(self.client().logs(args.name, rank=args.rank, tail=args.tail)))
 
+    def _nodes(self, rest, cell):
+        self._args("nodes", rest)
+        display(nodes_table(self.client().nodes()))
+
     def _panel(self, rest, cell):
         from lmjupyter.widgets.panel import ControlPanel
 
@@ -337,7 +344,8 @@ class LMServeMagics(Magics):
         print(f"connected to {connection.describe()}: lmjupyter {health.get('version', '?')}")
 
 
-SUBCOMMANDS = ("handler", "config", "deploy", "query", "status", "scale", "undeploy", "logs", "panel", "connect")
+SUBCOMMANDS = ("handler", "config", "deploy", "query", "status", "scale", "undeploy", "logs", "nodes", "panel",
+               "connect")
 
 
 def _start_events(client, name: str, description: dict) -> tuple[list[dict], int]:

@@ -254,6 +254,22 @@ ROUTES = [
 ]
 
 
+def _node_routes() -> list[tuple[str, type]]:
+    """The node agents' routes (lmjupyter/nodes/api.py): its mixins joined with ApiMixin, verbs with api_errors."""
+    from lmjupyter.nodes import api as nodes
+
+    def joined(cls: type) -> type:
+        verbs = {verb: api_errors(getattr(cls, verb)) for verb in ("get", "post", "put", "delete") if verb in vars(cls)}
+        return type(cls.__name__, (cls, ApiMixin), verbs)
+
+    return [(rf"{API}/nodes", joined(nodes.NodesHandler)), (rf"{API}/nodes/([^/]+)", joined(nodes.NodeHandler)),
+            (rf"{API}/nodes/([^/]+)/commands", joined(nodes.NodeCommandsHandler)),
+            (rf"{API}/nodes/([^/]+)/events", joined(nodes.NodeEventsHandler))]
+
+
+ROUTES += _node_routes()
+
+
 def all_routes(torchserve_prefix: str = "") -> list[tuple[str, type]]:
     """lmjupyter's routes, then TorchServe's (``/ping``, ``/predictions``, ``/models``) under ``torchserve_prefix``."""
     from lmjupyter.compat.torchserve.rest import ROUTES as TORCHSERVE_ROUTES

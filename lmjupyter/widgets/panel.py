@@ -29,7 +29,7 @@ from lmjupyter.client import LMServeError
 from lmjupyter.widgets.editor import DEFAULT_YAML, ConfigEditor
 from lmjupyter.widgets.metrics import MetricsHistory, summary
 from lmjupyter.widgets.plot import line_chart
-from lmjupyter.widgets.render import Table, models_table, workers_table
+from lmjupyter.widgets.render import Table, models_table, nodes_table, workers_table
 
 MIN_INTERVAL, MAX_INTERVAL = 0.5, 30.0
 ALL_MODELS = "(all models)"
@@ -109,6 +109,7 @@ class ControlPanel(widgets.VBox):
             models = self.client.list()
             metrics = self.client.metrics()
             gpus = self.client.gpus()
+            nodes = _nodes(self.client)
             self.models = models
             self.history.add(metrics)
             self.models_view.value = models_table(models).html()
@@ -121,7 +122,9 @@ class ControlPanel(widgets.VBox):
                 self.model_select.value = keep
             self._first = False
             self._draw_selected()
-            self.gpus_view.value = _gpus_table(gpus).html() if gpus else ""
+            several = len(nodes) > 1  # agents on other hosts: the map shows each node, then its GPUs
+            self.gpus_view.value = ((nodes_table(nodes).html() if several else "")
+                                    + (_gpus_table(gpus, by_node=several).html() if gpus else ""))
 
     def _draw_selected(self) -> None:
         name = self.model_select.value
@@ -271,10 +274,20 @@ def _editable(config: dict) -> dict:
     return {k: v for k, v in config.items() if v not in ({}, None)}
 
 
-def _gpus_table(gpus: list[dict]) -> Table:
+def _nodes(client) -> list[dict]:
+    """The server's nodes; [] from a server without the route (older than several-host groups)."""
+    try:
+        return client.nodes()
+    except LMServeError as exc:
+        if exc.status == 404:
+            return []
+        raise
+
+
+def _gpus_table(gpus: list[dict], by_node: bool = False) -> Table:
     rows = []
     for gpu in gpus:
         holder = gpu.get("holder")
         held = (f"{holder['model']} worker {holder['worker']}", "busy") if holder else ("free", "ready")
-        rows.append([gpu["id"], held])
-    return Table(["GPU", "held by"], rows, title="GPU map", css_class="lmj-gpus")
+        rows.append(([gpu.get("node", "")] if by_node else []) + [gpu["id"], held])
+    return Table((["node"] if by_node else []) + ["GPU", "held by"], rows, title="GPU map", css_class="lmj-gpus")

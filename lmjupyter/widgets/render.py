@@ -81,7 +81,8 @@ def _cell_html(cell) -> str:
 # ---- views of descriptions ------------------------------------------------------------------
 def ranks_ready(model: dict) -> tuple[int, int]:
     """(ranks ready, ranks expected) of a model description."""
-    nproc = int(model.get("config", {}).get("torchrun", {}).get("nproc-per-node", 1))
+    torchrun = model.get("config", {}).get("torchrun", {})
+    nproc = int(torchrun.get("nproc-per-node", 1)) * int(torchrun.get("nnodes", 1))
     target = int(model.get("target_workers", len(model.get("workers", []))))
     ready = sum(1 for w in model.get("workers", []) for r in w.get("ranks", []) if r.get("state") == "ready")
     return ready, max(target, len(model.get("workers", []))) * nproc
@@ -112,24 +113,54 @@ def rank_device(model: dict, worker: dict, rank: int) -> str:
 
 
 def workers_table(model: dict, css_class: str = "lmj-workers") -> Table:
-    rows = []
-    for w in model.get("workers", []):
+    """One row per rank; groups across hosts (torchrun.nnodes > 1) add the node each rank runs on."""
+    workers = model.get("workers", [])
+    several_hosts = any("nodes" in w for w in workers)
+    rows, waiting = [], []
+    for w in workers:
         ranks = w.get("ranks") or [{}]
         for r in ranks:
             rank = r.get("rank")
-            rows.append([w["id"], (w["state"], w["state"]), w.get("devices") or "cpu",
-                         "" if rank is None else rank, r.get("pid", ""),
-                         (rank_state_text(r), r["state"]) if r.get("state") else "",
-                         "" if rank is None else rank_device(model, w, rank)])
+            device = r.get("device") or ("" if rank is None else rank_device(model, w, rank))
+            row = [w["id"], (w["state"], w["state"]), w.get("devices") or "cpu",
+                   "" if rank is None else rank, r.get("pid", ""),
+                   (rank_state_text(r), r["state"]) if r.get("state") else "", device]
+            if several_hosts:
+                row.insert(3, f"{r['node']} ({r.get('address', '')})" if r.get("node") else "")
+            rows.append(row)
+        if w.get("waiting_for_nodes"):
+            waiting.append(f"worker {w['id']} waits for nodes: {w['waiting_for_nodes']}")
     config = model.get("config", {})
-    nproc = config.get("torchrun", {}).get("nproc-per-node", 1)
+    torchrun = config.get("torchrun", {})
+    nproc = torchrun.get("nproc-per-node", 1)
+    hosts = f" on {torchrun['nnodes']} hosts" if int(torchrun.get("nnodes", 1)) > 1 else ""
     title = (f"{model['name']} v{model.get('version', '?')}: {model['state']}, "
-             f"{len(model.get('workers', []))} worker(s) x {nproc} rank(s) on {config.get('deviceType', '?')}")
+             f"{len(workers)} worker(s) x {nproc} rank(s){hosts} on {config.get('deviceType', '?')}")
     error = (model.get("error") or {}).get("message", "")
     footer = "; ".join(filter(None, [f"handler: {model.get('handler', '')}", error and f"error: {error}"]
-                              + list(model.get("warnings") or [])))
-    return Table(["worker", "state", "CUDA_VISIBLE_DEVICES", "rank", "pid", "rank state", "device"],
-                 rows, title=title, css_class=css_class, empty="no workers running", footer=footer)
+                              + waiting + list(model.get("warnings") or [])))
+    columns = ["worker", "state", "CUDA_VISIBLE_DEVICES", "rank", "pid", "rank state", "device"]
+    if several_hosts:
+        columns.insert(3, "node")
+    return Table(columns, rows, title=title, css_class=css_class, empty="no workers running", footer=footer)
+
+
+def nodes_table(nodes: list[dict], css_class: str = "lmj-nodes") -> Table:
+    """This server's host and the ``lmjupyter node`` agents: state, GPUs (free of all), worker groups."""
+    rows = []
+    for n in nodes:
+        gpus = n.get("gpus") or []
+        free = sum(1 for g in gpus if not g.get("holder"))
+        workers = ", ".join(f"{w['model']} w{w['worker']}" + (f" (node {w['node_rank']})" if w.get("node_rank") else "")
+                            for w in n.get("workers") or [])
+        state = n.get("state", "?")
+        seen = n.get("last_seen_s")
+        rows.append([n["name"] + (" (this server)" if n.get("local") else ""), n.get("hostname", ""),
+                     n.get("address", ""), (state, "ready" if state == "online" else "failed"),
+                     f"{free}/{len(gpus)} free" if gpus else "none", workers or "-",
+                     "" if seen is None else f"{seen:g}s ago", n.get("lost_reason") or ""])
+    return Table(["node", "host", "address", "state", "GPUs", "workers", "heartbeat", "lost because"], rows,
+                 title="nodes", css_class=css_class, empty="no nodes")
 
 
 def phase_text(phase: dict | None) -> str:
@@ -172,13 +203,24 @@ def timeline_text(events: list[dict]) -> str:
 
 
 def plan_table(plan: dict) -> Table:
+    """A dry run's plan: one row per worker, or per node of each worker when a group spans hosts."""
     p = plan["plan"]
-    rows = [[w["id"], w["devices"] or "cpu", " ".join(w["command"]),
-             " ".join(f"{k}={v}" for k, v in w.get("env", {}).items())] for w in p["workers"]]
-    title = (f"dry run of {plan['name']}: {len(p['workers'])} worker(s) x {p['nproc_per_node']} rank(s) "
+    several_hosts = int(p.get("nnodes", 1)) > 1
+    rows = []
+    for w in p["workers"]:
+        for part in w.get("nodes") or [w]:
+            row = [w["id"], part["devices"] or "cpu", " ".join(part["command"]),
+                   " ".join(f"{k}={v}" for k, v in part.get("env", {}).items())]
+            if several_hosts:
+                row.insert(1, f"{part['node_rank']}: {part['node']} ({part['address']})")
+            rows.append(row)
+    hosts = f" x {p['nnodes']} hosts" if several_hosts else ""
+    title = (f"dry run of {plan['name']}: {len(p['workers'])} worker(s) x {p['nproc_per_node']} rank(s){hosts} "
              f"on {p['device_type']}, handler {plan['handler']}")
-    return Table(["worker", "devices", "command", "environment"], rows, title=title, css_class="lmj-plan",
-                 footer="; ".join(plan.get("warnings") or []))
+    columns = ["worker", "devices", "command", "environment"]
+    if several_hosts:
+        columns.insert(1, "node")
+    return Table(columns, rows, title=title, css_class="lmj-plan", footer="; ".join(plan.get("warnings") or []))
 
 
 def logs_text(logs: list[dict]) -> str:

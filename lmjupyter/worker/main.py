@@ -19,7 +19,7 @@ import sys
 import time
 import traceback
 
-from lmjupyter.ipc import BlockingChannel
+from lmjupyter.ipc import BlockingChannel, open_channel
 from lmjupyter.worker.codec import BadRequestBody, decode_request, encode_answer, encode_answers
 from lmjupyter.worker.context import Context
 from lmjupyter.worker.deathsig import die_with_parent
@@ -35,7 +35,7 @@ def main(argv: list[str]) -> int:
     _redirect_output(os.path.join(spec["log_dir"], f"rank{rank}.log"))
     _threads_from_environment()
 
-    channel = BlockingChannel(spec["socket"])
+    channel = open_channel(spec)
     channel.send(("hello", rank, os.getpid()))
     if spec.get("spare"):
         spec = _wait_as_spare(channel, rank)

@@ -28,6 +28,7 @@ CELLS = {
     "text_query": "%lmserve query echo just some words",
     "logs": "%lmserve logs echo --rank 0 --tail 3",
     "model_status": "%lmserve status echo",
+    "nodes": "%lmserve nodes",
     "panel": ("from lmjupyter.widgets import ControlPanel\nimport time\n"
               "panel = ControlPanel(interval=0.5)\n"
               "before = len(panel.history.points); time.sleep(1.5)\n"
@@ -152,6 +153,11 @@ def test_deploy_shows_every_rank_s_phases_in_order(cells):
         phases = [step.rsplit(" (", 1)[0] for step in line.split(":", 1)[1].split(" -> ")]
         assert [p.strip() for p in phases] == ["joining process group", "importing handler", "initializing",
                                                "loading weights 4/4", "ready"], line
+
+
+def test_nodes_lists_this_server_s_host(cells):
+    text = cells["nodes"][1]
+    assert "(this server)" in text and "online" in text and "echo w1" in text
 
 
 def test_deploy_from_an_archive(cells):

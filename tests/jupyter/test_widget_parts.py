@@ -6,7 +6,7 @@ import pytest
 
 from lmjupyter.widgets.metrics import Histogram, MetricsHistory, parse_latency, quantile, summary
 from lmjupyter.widgets.plot import line_chart
-from lmjupyter.widgets.render import models_table, rank_device, workers_table
+from lmjupyter.widgets.render import models_table, nodes_table, plan_table, rank_device, workers_table
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -74,6 +74,35 @@ def test_tables_show_states_ranks_and_the_gpu_map():
     assert "GPU 6" in workers_table(MODEL).text()
     cpu = {**MODEL, "config": {"deviceType": "cpu"}}
     assert rank_device(cpu, {"devices": ""}, 0) == "cpu"
+
+
+TWO_HOSTS = {"name": "big", "version": "1", "state": "ready", "target_workers": 1,
+             "config": {"deviceType": "cpu", "torchrun": {"nproc-per-node": 1, "nnodes": 2}},
+             "workers": [{"id": 1, "state": "starting", "devices": "", "ranks": [
+                 {"rank": 0, "pid": 21, "state": "ready", "node": "hosta", "address": "10.0.0.1", "device": "cpu"},
+                 {"rank": 1, "pid": 7, "state": "ready", "node": "hostb", "address": "10.0.0.2", "device": "cpu"}],
+                 "nodes": [], "waiting_for_nodes": "missing: 1 node; hostb (10.0.0.2) is lost"}]}
+
+
+def test_tables_of_groups_across_hosts_show_each_rank_s_node_and_the_nodes():
+    assert models_table([TWO_HOSTS]).rows[0][4] == "2/2"  # ranks expected: nproc x nnodes
+    table = workers_table(TWO_HOSTS)
+    assert "node" in table.columns and table.rows[1][3] == "hostb (10.0.0.2)"
+    assert "2 hosts" in table.title and "waits for nodes: missing: 1 node" in table.footer
+    nodes = nodes_table([
+        {"name": "hosta", "hostname": "a", "address": "10.0.0.1", "local": True, "state": "online",
+         "gpus": [{"id": 0, "holder": None}, {"id": 1, "holder": {"model": "big", "worker": 1}}],
+         "workers": [{"model": "big", "worker": 1, "node_rank": 0}], "last_seen_s": None},
+        {"name": "hostb", "hostname": "b", "address": "10.0.0.2", "state": "lost", "gpus": [],
+         "workers": [], "last_seen_s": 12.5, "lost_reason": "no heartbeat for 10s"}])
+    assert nodes.rows[0][:5] == ["hosta (this server)", "a", "10.0.0.1", ("online", "ready"), "1/2 free"]
+    assert nodes.rows[1][3] == ("lost", "failed") and nodes.rows[1][-1] == "no heartbeat for 10s"
+    assert 'data-state="failed"' in nodes.html() and "12.5s ago" in nodes.text()
+    plan = plan_table({"name": "big", "handler": "h", "plan": {"device_type": "cpu", "nproc_per_node": 1, "nnodes": 2,
+        "workers": [{"id": 1, "devices": "", "command": ["x"], "nodes": [
+            {"node_rank": 0, "node": "hosta", "address": "10.0.0.1", "devices": "", "command": ["run", "0"]},
+            {"node_rank": 1, "node": "hostb", "address": "10.0.0.2", "devices": "", "command": ["run", "1"]}]}]}})
+    assert [row[1:3] for row in plan.rows] == [["0: hosta (10.0.0.1)", "cpu"], ["1: hostb (10.0.0.2)", "cpu"]]
 
 
 def test_config_editor_validates_and_keeps_fields_in_step():
