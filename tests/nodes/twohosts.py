@@ -153,9 +153,9 @@ class Cluster:
         return self.pair.in_a(getattr(self.client, method), *args, **kwargs).result(timeout)
 
     def others(self, ns: str) -> set[int]:
-        """Processes in a namespace besides the server and the agent: torchrun and ranks."""
+        """Processes in a namespace besides the server, its fork server and the agent: torchrun and ranks."""
         own = {p.pid for p in (self.server, self.agent) if p is not None}
-        return self.pair.pids(ns) - own
+        return {pid for pid in self.pair.pids(ns) - own if not _is_fork_server(pid)}
 
     def logs(self) -> str:
         return "\n".join(f"--- {p} ---\n{p.read_text(errors='replace')[-4000:]}"
@@ -204,3 +204,12 @@ def two_hosts(root, server_args=(), agent_args=(), env: dict | None = None):
     finally:
         cluster.stop()
         pair.destroy()
+
+
+def _is_fork_server(pid: int) -> bool:
+    """The server's fork server (lmjupyter.worker.forkserver) lives as long as the server: not a worker's."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"lmjupyter.worker.forkserver" in f.read()
+    except OSError:
+        return False
