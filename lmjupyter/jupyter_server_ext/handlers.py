@@ -66,6 +66,7 @@ def protect(cls: type) -> type:
         method = getattr(cls, verb, None)
         if method is None or method is getattr(tornado.web.RequestHandler, verb):
             continue
-        action = "execute" if verb == "post" and issubclass(cls, PredictHandler) else None
+        executes = issubclass(cls, PredictHandler) or getattr(cls, "executes", False)  # predict, OpenAI's /v1
+        action = "execute" if verb == "post" and executes else None
         namespace[verb] = tornado.web.authenticated(authorized(action, resource=AUTH_RESOURCE)(method))
     return type(cls.__name__, (cls,), namespace)

@@ -16,6 +16,7 @@ from tornado.iostream import StreamClosedError
 import lmjupyter
 from lmjupyter.engine.request import END_OF_STREAM, RequestFailed
 from lmjupyter.errors import ApiError
+from lmjupyter.server.openai.routes import ROUTES as OPENAI_ROUTES
 
 API = "lmserve/api"
 JSON_TYPE = "application/json"
@@ -217,11 +218,14 @@ ROUTES = [
     (rf"{API}/models/([^/]+)/versions/([^/]+)/default", DefaultVersionHandler),
     (rf"{API}/gpus", GpusHandler),
     ("lmserve/metrics", MetricsHandler),
+    *((f"lmserve/{pattern}", handler) for pattern, handler in OPENAI_ROUTES),  # OpenAI's API (server/openai/)
 ]
+# lmjupyter serve also answers OpenAI's API at its root (/v1/...), where OpenAI clients look for it.
+STANDALONE_ROUTES = ROUTES + OPENAI_ROUTES
 
 
-def route_table(base_url: str, base_handler: type, wrap=lambda cls: cls) -> list[tuple[str, type]]:
-    """The routes joined with a server's base handler; ``wrap`` may add auth decorators."""
+def route_table(base_url: str, base_handler: type, wrap=lambda cls: cls, routes=None) -> list[tuple[str, type]]:
+    """The routes (default: ROUTES) joined with a server's base handler; ``wrap`` may add auth decorators."""
     base_url = "/" + base_url.strip("/") + "/" if base_url.strip("/") else "/"
     return [(base_url + pattern, wrap(type(mixin.__name__, (mixin, base_handler), {})))
-            for pattern, mixin in ROUTES]
+            for pattern, mixin in (ROUTES if routes is None else routes)]

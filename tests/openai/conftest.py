@@ -1,0 +1,41 @@
+"""A real ``lmjupyter serve`` with a tiny Llama (built-in handler) and an echo model, for the /v1 tests."""
+import json
+import os
+
+import pytest
+
+from serverproc import ServerProcess, cpu_config, handler_path
+
+MODEL = "tiny"
+PROMPT = "Once upon a time"
+PATH = {"continuousBatching": False}  # TEMPORARY until the engine's continuous mode lands on main
+
+
+@pytest.fixture(scope="module")
+def llm_server(tmp_path_factory):
+    from lmjupyter.models.tiny import build_tiny_llama
+
+    root = tmp_path_factory.mktemp("openai")
+    model_dir = build_tiny_llama(root / "llama", num_layers=2, hidden=32, heads=4, kv_heads=2)
+    server = ServerProcess(str(root))
+    try:
+        server.client.deploy(MODEL, model_dir=str(model_dir), wait=True,
+                             config=cpu_config(batchSize=4, handler={"max_new_tokens": 12}, **PATH))
+        server.client.deploy("echo", handler_path("echo.py"), config=cpu_config(), wait=True)
+        server.model_dir = str(model_dir)
+        yield server
+    finally:
+        server.stop()
+
+
+def without_chat_template(model_dir) -> None:
+    """Make a tiny model folder's tokenizer one that has no chat template."""
+    config_path = os.path.join(model_dir, "tokenizer_config.json")
+    with open(config_path) as f:
+        config = json.load(f)
+    config.pop("chat_template", None)
+    with open(config_path, "w") as f:
+        json.dump(config, f)
+    for name in ("chat_template.jinja", "chat_template.json"):
+        if os.path.exists(os.path.join(model_dir, name)):
+            os.remove(os.path.join(model_dir, name))
