@@ -9,7 +9,7 @@ import pytest
 import requests
 from openai import OpenAI
 
-from conftest import MODEL, PATH, PROMPT
+from v1kit import MODEL, PATH, PROMPT, without_chat_template
 
 pytestmark = pytest.mark.timeout(180)
 CHAT = [{"role": "user", "content": "Hello there"}]
@@ -116,7 +116,6 @@ def test_unknown_model_non_llm_and_wrong_key(llm_server):
 
 def test_chat_without_a_template_is_refused(llm_server, tmp_path):
     from lmjupyter.models.tiny import build_tiny_llama
-    from conftest import without_chat_template
 
     model_dir = build_tiny_llama(llm_server.root + "/plain", num_layers=1, hidden=32, heads=4, kv_heads=2)
     without_chat_template(model_dir)

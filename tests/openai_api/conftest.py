@@ -1,14 +1,8 @@
 """A real ``lmjupyter serve`` with a tiny Llama (built-in handler) and an echo model, for the /v1 tests."""
-import json
-import os
-
 import pytest
 
 from serverproc import ServerProcess, cpu_config, handler_path
-
-MODEL = "tiny"
-PROMPT = "Once upon a time"
-PATH = {"continuousBatching": False}  # TEMPORARY until the engine's continuous mode lands on main
+from v1kit import MODEL, PATH
 
 
 @pytest.fixture(scope="module")
@@ -26,16 +20,3 @@ def llm_server(tmp_path_factory):
         yield server
     finally:
         server.stop()
-
-
-def without_chat_template(model_dir) -> None:
-    """Make a tiny model folder's tokenizer one that has no chat template."""
-    config_path = os.path.join(model_dir, "tokenizer_config.json")
-    with open(config_path) as f:
-        config = json.load(f)
-    config.pop("chat_template", None)
-    with open(config_path, "w") as f:
-        json.dump(config, f)
-    for name in ("chat_template.jinja", "chat_template.json"):
-        if os.path.exists(os.path.join(model_dir, name)):
-            os.remove(os.path.join(model_dir, name))
