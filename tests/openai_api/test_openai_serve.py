@@ -3,12 +3,16 @@
 Greedy answers are checked against the native predict route of the same model,
 which is the contract the /v1 routes translate to.
 """
+import concurrent.futures
+import re
+
 import httpx
 import openai
 import pytest
 import requests
 from openai import OpenAI
 
+from serverproc import wait_until
 from v1kit import MODEL, PATH, PROMPT, without_chat_template
 
 pytestmark = pytest.mark.timeout(180)
@@ -143,3 +147,37 @@ def test_curl_style_sse_frames(llm_server):
     frames = body.split("\n\n")
     assert frames[-1] == "" and frames[-2] == "data: [DONE]"
     assert all(f.startswith("data: {") for f in frames[:-2]) and len(frames[:-2]) == 4  # 3 tokens + the end
+
+
+def _requests_with_status(server, status: str) -> float:
+    text = server.client.metrics()
+    match = re.search(rf'^lmjupyter_requests_total\{{model="{MODEL}",status="{status}"\}} (\S+)$', text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_a_client_that_leaves_cancels_its_sequence_only(llm_server):
+    """Three streams share the worker; one reads 3 chunks and hangs up. The others finish untouched."""
+    client = client_for(llm_server)
+    reference = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=40, temperature=0,
+                                          extra_body={"ignore_eos": True})
+    cancelled_before = _requests_with_status(llm_server, "499")
+
+    def full_stream(_):
+        stream = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=40, temperature=0,
+                                           stream=True, extra_body={"ignore_eos": True})
+        return "".join(c.choices[0].text for c in stream)
+
+    def leave_after_three():
+        stream = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=40, temperature=0,
+                                           stream=True, extra_body={"ignore_eos": True})
+        seen = [chunk for _, chunk in zip(range(3), stream)]
+        stream.close()  # closes the connection: the server sees the client go
+        return len(seen)
+
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        others = [pool.submit(full_stream, i) for i in range(2)]
+        leaver = pool.submit(leave_after_three)
+        assert leaver.result(timeout=120) == 3
+        assert [f.result(timeout=120) for f in others] == [reference.choices[0].text] * 2
+    wait_until(lambda: _requests_with_status(llm_server, "499") == cancelled_before + 1, 30,
+               message="the cancelled stream in the metrics")
