@@ -70,6 +70,7 @@ class ModelConfig(BaseModel):
     parallelType: Literal["pp", "tp", "pptp"] | None = None
     jobQueueSize: int = Field(100, ge=1, le=1_000_000)
     useJobTicket: bool = False
+    continuousBatching: bool | None = None   # built-in causal-LM handler: on unless false
     torchrun: TorchrunConfig = TorchrunConfig()
     pippy: PippyConfig | None = None
     deepspeed: DeepSpeedConfig | None = None

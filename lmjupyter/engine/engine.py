@@ -38,6 +38,7 @@ from lmjupyter.gpus import GpuAllocationError, GpuAllocator, Holder
 log = logging.getLogger("lmjupyter")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 BUILTIN_CAUSAL_LM = "lmjupyter.handlers.causal_lm:CausalLMHandler"
+DEFAULT_LLM_SLOTS = 16  # batchSize of the built-in causal-LM handler when the config does not say
 DEPLOY_KEYS = {"name", "handler", "model_dir", "archive", "config", "config_file", "wait", "dry_run",
                "workers", "version", "install_requirements"}
 RESERVED_TORCHRUN_KEYS = {"no-python", "no_python", "module", "m", "run-path", "run_path", "standalone"}
@@ -226,6 +227,9 @@ class Engine:
                                                "maxWorkers": max(workers, config.maxWorkers)})
         if config.deviceType is None:
             config = config.model_copy(update={"deviceType": "gpu" if self.allocator.gpus else "cpu"})
+        if handler == BUILTIN_CAUSAL_LM and "batchSize" not in config.model_fields_set:
+            # its batchSize is the number of sequences decoded together (KV-cache slots)
+            config = config.model_copy(update={"batchSize": DEFAULT_LLM_SLOTS})
         version = str(body["version"] if body.get("version") is not None else (archive and archive.version) or "1")
         if not VERSION_PATTERN.match(version):
             raise ApiError(400, f"version = {version!r}: expected 1-64 letters, digits, '.', '_', '+' or '-'",

@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+TOKEN_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1, 2.5)
 
 
 class EngineMetrics:
@@ -24,12 +25,33 @@ class EngineMetrics:
                                     ["model"], buckets=BATCH_BUCKETS, registry=self.registry)
         self.restarts = Counter("lmjupyter_worker_restarts", "Worker groups replaced after a failure",
                                 ["model"], registry=self.registry)
+        # continuous batching (generation)
+        self.ttft = Histogram("lmjupyter_time_to_first_token_seconds",
+                              "Arrival to first streamed token (streamed requests)", ["model"],
+                              buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.itl = Histogram("lmjupyter_inter_token_latency_seconds", "Between streamed tokens of a request",
+                             ["model"], buckets=TOKEN_BUCKETS, registry=self.registry)
+        self.running = Gauge("lmjupyter_sequences_running", "Sequences in the workers' running batches",
+                             ["model"], registry=self.registry)
+        self.running_peak = Gauge("lmjupyter_sequences_running_peak", "Most sequences running at once since deploy",
+                                  ["model"], registry=self.registry)
+        self.waiting = Gauge("lmjupyter_sequences_waiting", "Sequences waiting for a slot (server and workers)",
+                             ["model"], registry=self.registry)
+        self.slots_used = Gauge("lmjupyter_kv_slots_used", "KV-cache slots held by running sequences", ["model"],
+                                registry=self.registry)
+        self.slots_total = Gauge("lmjupyter_kv_slots_total", "KV-cache slots of the ready workers", ["model"],
+                                 registry=self.registry)
+        self.tokens = Counter("lmjupyter_generated_tokens", "Tokens generated", ["model"], registry=self.registry)
+        self.cancelled = Counter("lmjupyter_cancelled_requests", "Requests cancelled by their client while a "
+                                 "worker held them", ["model"], registry=self.registry)
 
     def for_model(self, name: str) -> "ModelMetrics":
         return ModelMetrics(self, name)
 
     def remove(self, name: str) -> None:
-        for metric in (self.latency, self.queue, self.batch_size, self.restarts):
+        for metric in (self.latency, self.queue, self.batch_size, self.restarts, self.ttft, self.itl, self.running,
+                       self.running_peak, self.waiting, self.slots_used, self.slots_total, self.tokens,
+                       self.cancelled):
             try:
                 metric.remove(name)
             except KeyError:
@@ -55,6 +77,12 @@ class ModelMetrics:
         self.batched_requests = 0
         self.max_batch = 0
         self.restarts_total = 0
+        self.sequence_source = None   # the served model's sequence_counts(), for the gauges
+        self.peak_running = 0
+        self.generated_total = 0
+        self.cancelled_total = 0
+        self._ttft, self._itl = engine.ttft.labels(name), engine.itl.labels(name)
+        self._tokens, self._cancelled = engine.tokens.labels(name), engine.cancelled.labels(name)
 
     def answered(self, status: int, seconds: float) -> None:
         counter = self._status.get(status)
@@ -79,8 +107,38 @@ class ModelMetrics:
         self._restarts.inc()
         self.restarts_total += 1
 
+    # ---- continuous batching ------------------------------------------------------------
+    def first_token(self, seconds: float) -> None:
+        self._ttft.observe(seconds)
+
+    def inter_token(self, seconds: float) -> None:
+        self._itl.observe(seconds)
+
+    def generated(self, count: int) -> None:
+        if count > 0:
+            self._tokens.inc(count)
+            self.generated_total += count
+
+    def cancelled(self) -> None:
+        self._cancelled.inc()
+        self.cancelled_total += 1
+
+    def sequences_changed(self) -> None:
+        if self.sequence_source is None:
+            return
+        counts = self.sequence_source()
+        engine, name = self._engine, self._name
+        self.peak_running = max(self.peak_running, counts["running"])
+        engine.running.labels(name).set(counts["running"])
+        engine.running_peak.labels(name).set(self.peak_running)
+        engine.waiting.labels(name).set(counts["waiting"])
+        engine.slots_used.labels(name).set(counts["running"])
+        engine.slots_total.labels(name).set(counts["slots"])
+
     def summary(self) -> dict:
         return {"requests_total": self.requests_total, "errors_total": self.errors_total,
                 "batches_total": self.batches_total, "max_batch_size": self.max_batch,
                 "mean_batch_size": round(self.batched_requests / self.batches_total, 3) if self.batches_total else 0,
-                "worker_restarts": self.restarts_total}
+                "worker_restarts": self.restarts_total,
+                **({"generated_tokens": self.generated_total, "peak_running": self.peak_running,
+                    "cancelled": self.cancelled_total} if self.sequence_source is not None and self.generated_total else {})}

@@ -9,6 +9,11 @@ current event-loop turn, so that the others that arrived with it join its batch:
 microseconds, against ~80 us of server CPU per batch (benchmarks/RESULTS.md).
 (TorchServe instead holds every batch open for ``maxBatchDelay``; here that key
 bounds nothing and is kept for compatibility.)
+
+A worker whose handler batches continuously (``worker.slots`` > 0) is not given
+batches: it is given single requests whenever it holds fewer than ``slots``, the
+least loaded worker first, and its requests join its running batch at the next
+decode step (:mod:`lmjupyter.engine.slots`).
 """
 from __future__ import annotations
 
@@ -51,11 +56,13 @@ class ServedModel:
         self._make_spec = make_spec
         self._on_change = on_change
         self._queue: deque[PendingRequest] = deque()
-        self._idle: list[WorkerGroup] = []
+        self._idle: list[WorkerGroup] = []       # per-batch workers with nothing to do
+        self._slotted: list[WorkerGroup] = []    # ready continuous-batching workers
         self._failures: dict[int, int] = {}
         self._tasks: set[asyncio.Task] = set()
         self._last_batch = 0       # size of the batch dispatched last: > 1 means under load
         self._pump_soon = False    # a _pump is scheduled for the end of this event-loop turn
+        metrics.sequence_source = self.sequence_counts
 
     # ---- requests ---------------------------------------------------------------------------
     def submit(self, payload: bytes, content_type: str, stream: bool = False) -> PendingRequest:
@@ -63,7 +70,7 @@ class ServedModel:
         if self.state in (ModelState.FAILED, ModelState.STOPPING):
             reason = f": {self.error['message']}" if self.error else ""
             raise RequestFailed(503, f"model {self.name} is {self.state.value}{reason}")
-        if self.config.useJobTicket and not self._idle:
+        if self.config.useJobTicket and not self._idle and not any(w.requests.free > 0 for w in self._slotted):
             raise RequestFailed(503, f"model {self.name}: no idle worker (useJobTicket is on)")
         if len(self._queue) >= self.config.jobQueueSize:
             raise RequestFailed(503, f"model {self.name}: queue is full "
@@ -85,7 +92,14 @@ class ServedModel:
         self._pump()
 
     def _pump(self) -> None:
-        """Give queued requests to idle workers, up to batchSize each."""
+        """Give queued requests to continuous workers with a free slot, and to idle workers, up to batchSize each."""
+        while self._queue and self._slotted:
+            worker = max(self._slotted, key=lambda w: w.requests.free)
+            if worker.requests.free <= 0:
+                break
+            request = self._queue.popleft()
+            if not request.cancelled:
+                worker.requests.add(request)
         while self._queue and self._idle:
             batch = self._take_batch()
             if not batch:
@@ -105,7 +119,16 @@ class ServedModel:
         return batch
 
     def _worker_free(self, worker: WorkerGroup) -> None:
-        if self.workers.get(worker.id) is worker and worker.state == WorkerState.READY:
+        """A per-batch worker finished its batch, or a continuous one ended a request."""
+        if self.workers.get(worker.id) is not worker:
+            return
+        if worker.slots:
+            if worker.state == WorkerState.READY and len(self.workers) > self.target:
+                self._spawn(self._retire(worker))
+            else:
+                self._pump()
+            return
+        if worker.state == WorkerState.READY:
             if len(self.workers) > self.target:
                 self._spawn(self._retire(worker))
                 return
@@ -140,14 +163,17 @@ class ServedModel:
         if self.state == ModelState.STOPPING or self.workers.get(worker_id) is not worker:
             await worker.stop()
             return worker
-        self._idle.append(worker)
+        if worker.slots:
+            worker.requests.metrics = self.metrics
+            self._slotted.append(worker)
+        else:
+            self._idle.append(worker)
         self._pump()
         return worker
 
     def _worker_broken(self, worker: WorkerGroup, reason: str) -> None:
         """A group died or hung: replace it, backing off when it keeps failing."""
-        if worker in self._idle:
-            self._idle.remove(worker)
+        self._forget(worker)
         if self.state == ModelState.STOPPING or self.workers.get(worker.id) is not worker:
             return
         self.metrics.restart()
@@ -205,9 +231,16 @@ class ServedModel:
             self.error = {"message": f"scaling to {count} workers: {errors[0]}"}
         self._on_change()
 
-    async def _retire(self, worker: WorkerGroup) -> None:
+    def _forget(self, worker: WorkerGroup) -> None:
+        """Stop routing requests to a worker."""
         if worker in self._idle:
             self._idle.remove(worker)
+        if worker in self._slotted:
+            self._slotted.remove(worker)
+        self.metrics.sequences_changed()
+
+    async def _retire(self, worker: WorkerGroup) -> None:
+        self._forget(worker)
         self.workers.pop(worker.id, None)
         self.gpus.pop(worker.id, None)
         await worker.stop()
@@ -225,6 +258,7 @@ class ServedModel:
         workers = list(self.workers.values())
         self.workers.clear()
         self._idle.clear()
+        self._slotted.clear()
         for worker in workers:
             worker.fail_batch(RequestFailed(503, f"model {self.name} stopped while the request ran"))
         await asyncio.gather(*(w.stop() for w in workers), return_exceptions=True)
@@ -244,6 +278,15 @@ class ServedModel:
     def queue_depth(self) -> int:
         return len(self._queue)
 
+    def sequence_counts(self) -> dict:
+        """Continuous batching across the workers: sequences running (each holds a KV-cache slot),
+        waiting for one (here and in the workers' queues), and the slots of the ready workers."""
+        workers = self._slotted
+        running = sum(w.requests.stats.get("running", 0) for w in workers)
+        held = sum(len(w.requests.held) for w in workers)
+        return {"running": running, "waiting": len(self._queue) + max(0, held - running),
+                "slots": sum(w.slots for w in workers)}
+
     def pids(self) -> list[int]:
         return [r.pid for w in self.workers.values() for r in getattr(w, "ranks", {}).values()]
 
@@ -255,6 +298,7 @@ class ServedModel:
             "workers": [w.describe() for w in sorted(self.workers.values(), key=lambda w: w.id)],
             "queue": {"depth": len(self._queue), "capacity": self.config.jobQueueSize},
             "error": self.error, "warnings": self.warnings, "metrics": self.metrics.summary(),
+            **({"sequences": self.sequence_counts()} if self._slotted else {}),
         }
 
 
@@ -263,6 +307,7 @@ class _Placeholder:
 
     state = WorkerState.RESTARTING
     batch = None
+    slots = 0
     ranks: dict = {}
 
     def __init__(self, worker_id: int):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 # An answer as the HTTP layer sends it: (status, content type, body).
 Answer = tuple[int, str, bytes]
@@ -25,8 +26,24 @@ class PendingRequest:
     content_type: str
     future: asyncio.Future
     partials: asyncio.Queue | None = None  # set when the client streams
-    cancelled: bool = False
     started: float = field(default_factory=time.perf_counter)
+    first_partial: float = 0.0             # perf_counter of the first partial (time to first token)
+    last_partial: float = 0.0
+    # Set by a continuous-batching worker holding the request: tells the worker to drop it.
+    on_cancel: Callable[["PendingRequest"], None] | None = field(default=None, repr=False)
+    _cancelled: bool = field(default=False, repr=False)
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    @cancelled.setter
+    def cancelled(self, value: bool) -> None:
+        """The HTTP layer sets this when the client goes away; a worker that holds the request hears of it."""
+        if value and not self._cancelled:
+            self._cancelled = True
+            if self.on_cancel is not None:
+                self.on_cancel(self)
 
     def answer(self, answer: Answer) -> None:
         if not self.future.done():
@@ -44,5 +61,5 @@ class PendingRequest:
             self.partials.put_nowait(END_OF_STREAM)
 
     def partial(self, answer: Answer) -> None:
-        if self.partials is not None and not self.cancelled:
+        if self.partials is not None and not self._cancelled:
             self.partials.put_nowait(answer)

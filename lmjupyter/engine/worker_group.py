@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from lmjupyter import ipc
 from lmjupyter.engine.request import PendingRequest, RequestFailed
+from lmjupyter.engine.slots import SlotRequests
 from lmjupyter.engine.states import WorkerState
 from lmjupyter.procs import pid_alive
 
@@ -106,7 +107,9 @@ class _RankConnection(asyncio.Protocol):
 
 
 class WorkerGroup:
-    """A torchrun group serving one batch at a time."""
+    """A torchrun group serving one batch at a time, or, when its handler batches continuously
+    (``slots`` > 0, said by the ranks when ready), up to ``slots`` requests that join and leave
+    as they come (see :mod:`lmjupyter.engine.slots` for that mode's message handling)."""
 
     def __init__(self, spec: WorkerSpec, on_batch_done: Callable[["WorkerGroup"], None],
                  on_broken: Callable[["WorkerGroup", str], None]):
@@ -130,6 +133,8 @@ class WorkerGroup:
         self.agent_log = os.path.join(spec.log_dir, "agent.log")  # torchrun's own output
         self.taken_by: WorkerGroup | None = None  # set on a spare when a deploy takes it
         self._spec_payload: dict | None = None     # sent to a taken spare's ranks as they say hello
+        self.slots = 0                             # > 0: continuous batching (SlotRequests below)
+        self.requests = SlotRequests(self)
 
     # ---- start-up -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -249,9 +254,13 @@ class WorkerGroup:
             _, _, rank, text, trace = message
             self.fail_batch(RequestFailed(500, f"handler failed on rank {rank}: {text}", traceback=trace))
             self._finish_batch()
+        elif kind == "events":
+            self.requests.on_events(message[1], message[2])
         elif kind == "ready":
             link.state = "ready"
             self.output_rank = message[2]
+            if len(message) > 3:
+                self.slots = int(message[3].get("slots", 0))
             if len(self.ranks) == self.spec.nproc and all(r.state == "ready" for r in self.ranks.values()):
                 _resolve(self._ready, None)
         elif kind == "spare_ready" and self.spec.spare:
@@ -313,6 +322,7 @@ class WorkerGroup:
     def fail_batch(self, error: RequestFailed) -> None:
         for request in self.batch or ():
             request.fail(error)
+        self.requests.fail_all(error)
 
     def _broken(self, reason: str) -> None:
         """A rank or torchrun went away, or a batch timed out: the whole group is done."""
@@ -359,6 +369,7 @@ class WorkerGroup:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self.requests.stop_watching()
         if self._server is not None:
             self._server.close()
             self._server = None
@@ -367,9 +378,22 @@ class WorkerGroup:
 
     # ---- description --------------------------------------------------------------------------
     def describe(self) -> dict:
-        return {"id": self.id, "state": self.state.value, "devices": self.spec.devices,
-                "ranks": [{"rank": link.rank, "pid": link.pid, "state": link.state}
-                          for link in sorted(self.ranks.values(), key=lambda link: link.rank)]}
+        out = {"id": self.id, "state": self.state.value, "devices": self.spec.devices,
+               "ranks": [{"rank": link.rank, "pid": link.pid, "state": link.state}
+                         for link in sorted(self.ranks.values(), key=lambda link: link.rank)]}
+        if self.slots:
+            out["slots"] = self.requests.describe()
+        return out
+
+    def send_to_leader(self, message: tuple) -> None:
+        """A continuous-batching group hears about requests through its leader (output) rank only."""
+        self.ranks[self.output_rank].writer.write(ipc.pack(message))
+
+    def slots_changed(self) -> None:
+        """A request ended: busy/ready follows whether any is held, and the owner may send more."""
+        if self.state in (WorkerState.READY, WorkerState.BUSY):
+            self.state = WorkerState.BUSY if self.requests.held else WorkerState.READY
+            self._on_batch_done(self)
 
     def log_tail(self, lines: int = 50, rank: int | None = None) -> str:
         paths = [] if rank is not None else [self.agent_log]

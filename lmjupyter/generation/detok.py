@@ -14,7 +14,11 @@ REPLACEMENT = "\ufffd"
 
 class IncrementalText:
     def __init__(self, tokenizer, stop: tuple[str, ...] = ()):
-        self.tokenizer = tokenizer
+        # A fast tokenizer's Rust backend decodes in ~6 us where the Python wrapper takes ~30.
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        self._decode_ids = backend.decode if backend is not None else \
+            (lambda ids, skip_special_tokens: tokenizer.decode(ids, skip_special_tokens=skip_special_tokens,
+                                                                clean_up_tokenization_spaces=False))
         self.stop = stop
         self.hold = max((len(s) for s in stop), default=1) - 1   # chars that could start a stop string
         self.ids: list[int] = []
@@ -25,7 +29,7 @@ class IncrementalText:
         self._read = 0        # tokens already reflected in ``text``
 
     def _decode(self, ids) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        return self._decode_ids(ids, skip_special_tokens=True)
 
     def add(self, token_id: int) -> str:
         """Take one token; return the text that can be sent now ("" if none yet)."""

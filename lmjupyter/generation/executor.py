@@ -45,16 +45,15 @@ class StepOutput:
     logprobs: dict = field(default_factory=dict)       # "decode"/"first" -> (chosen, top ids, top values)
     _event: object = None
 
-    def start_copy(self) -> None:
+    def start_copy(self, pinned: "HostBuffers | None" = None) -> None:
         """Begin moving the results to the host without waiting for the device."""
-        tensors = [t for t in (self.decode, self.first) if t is not None]
-        if tensors and tensors[0].is_cuda:
-            self.decode = self.decode.to("cpu", non_blocking=True) if self.decode is not None else None
-            self.first = self.first.to("cpu", non_blocking=True) if self.first is not None else None
-            self.logprobs = {k: tuple(t.to("cpu", non_blocking=True) if t is not None else None for t in v)
-                             for k, v in self.logprobs.items()}
-            self._event = torch.cuda.Event()
-            self._event.record()
+        if pinned is None or not any(t is not None and t.is_cuda for t in (self.decode, self.first)):
+            return
+        self.decode, self.first = pinned.store(self.decode, self.first)
+        self.logprobs = {k: tuple(t.to("cpu", non_blocking=True) if t is not None else None for t in v)
+                         for k, v in self.logprobs.items()}
+        self._event = torch.cuda.Event()
+        self._event.record()
 
     def fetch(self) -> "StepOutput":
         if self._event is not None:
@@ -62,20 +61,49 @@ class StepOutput:
         return self
 
 
+class HostBuffers:
+    """Pinned host memory for a step's tokens, so that their copy off the device does not block.
+    Two sets alternate: the leader reads step N's while step N+1's copy is queued."""
+
+    def __init__(self, size: int):
+        self._sets = [(torch.empty(size, dtype=torch.long, pin_memory=True),
+                       torch.empty(size, dtype=torch.long, pin_memory=True)) for _ in range(2)]
+        self._turn = 0
+
+    def store(self, *tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
+        self._turn ^= 1
+        out = []
+        for tensor, host in zip(tensors, self._sets[self._turn]):
+            if tensor is not None:
+                host = host[:tensor.numel()]
+                host.copy_(tensor, non_blocking=True)
+                tensor = host
+            out.append(tensor)
+        return out
+
+
 class StepExecutor:
     def __init__(self, model: CompactDecoder, place: GroupPlace, device, slots: int, hidden: int, dtype,
-                 graphs: bool = False, slot_settings=None):
+                 graphs: bool = False, compile: bool = False, slot_settings=None):
         self.model, self.place = model, place
         self.device, self.slots, self.hidden, self.dtype = torch.device(device), slots, hidden, dtype
         self.last_token = torch.zeros(slots, dtype=torch.long, device=self.device)
         self.position = torch.zeros(slots, dtype=torch.long, device=self.device)
         self.slot_settings = slot_settings if slot_settings is not None else {}
-        self.graphs = DecodeGraphs(self._decode_forward) if graphs else None
+        forward = self._decode_forward
+        if compile:   # inductor fuses the small kernels of a block; one compile, dynamic in rows and length
+            forward = torch.compile(forward, dynamic=True)
+        self.forward = forward
+        self.graphs = DecodeGraphs(forward) if graphs else None
+        self.last_plan: StepPlan | None = None
         self._sampling: tuple | None = None  # (request ids of the decode rows, their BatchSampling)
+        self._active: tuple | None = None    # ((rows, active slots), device mask)
+        self.host_buffers = HostBuffers(slots) if self.device.type == "cuda" and place.is_decider else None
 
     # ---- one step --------------------------------------------------------------------------
     def run(self, plan: StepPlan, logprobs: int | None = None) -> StepOutput | None:
         """Execute ``plan``; ``logprobs`` (decider) is the most alternatives any row asked for, or None."""
+        self.last_plan = plan
         out = StepOutput() if self.place.is_decider else None
         first = self._prefill(plan.chunks, out, logprobs) if plan.chunks else None
         decoded = self._decode(plan, out, logprobs) if plan.active else None
@@ -141,7 +169,7 @@ class StepExecutor:
         if self.graphs is not None:
             result = self.graphs.run(plan.rows, plan.length)
         else:
-            result = self._decode_forward(plan.rows, plan.length)
+            result = self.forward(plan.rows, plan.length)
         if not self.model.place.last:
             self._send(result)
             return None
@@ -184,11 +212,19 @@ class StepExecutor:
             self.last_token.index_copy_(0, torch.tensor(sampled, device=self.device), first)
         if plan.active:
             rows = plan.rows
-            active = torch.zeros(rows, dtype=torch.bool)
-            active[plan.active] = True
-            active = active.to(self.device)
+            active = self._active_mask(plan)
             self.last_token[:rows] = torch.where(active, decoded, self.last_token[:rows])
             self.position[:rows] += active
+
+    def _active_mask(self, plan: StepPlan) -> torch.Tensor:
+        """Which decode rows are real sequences, on the device; kept while the set is unchanged, since a
+        copy to the device every step would make the host wait for the step it just launched."""
+        key = (plan.rows, tuple(plan.active))
+        if self._active is None or self._active[0] != key:
+            mask = torch.zeros(plan.rows, dtype=torch.bool)
+            mask[plan.active] = True
+            self._active = (key, mask.to(self.device))
+        return self._active[1]
 
     def _send(self, tensor: torch.Tensor) -> None:
         dist.send(tensor.contiguous(), dst=self.place.next)

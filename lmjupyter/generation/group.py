@@ -8,7 +8,9 @@ each rank a contiguous slice of the layers, pptp both. Settings (``handler:``):
 * ``max_seq_len`` — tokens a sequence may hold, prompt included (default: the
   model's ``max_position_embeddings``, at most 2048);
 * ``prefill_chunk`` — prompt tokens prefilled per step (default 512);
-* ``cuda_graphs`` — one CUDA graph per decode bucket (default: on for one GPU rank).
+* ``cuda_graphs`` — one CUDA graph per decode bucket (default: on for one GPU rank);
+* ``compile`` — fuse the decode step with ``torch.compile`` (inductor) first (default off:
+  it adds its compile time to the start).
 
 ``batchSize`` is the number of slots: sequences decoded together.
 """
@@ -51,7 +53,8 @@ def _int_setting(hcfg: dict, key: str, default: int, low: int = 1) -> int:
 
 
 def build_generation(ctx, config, spec: DecoderSpec, tokenizer, eos_ids: set[int], *, pp: int, tp: int, dtype,
-                     default_max_new_tokens: int, max_length: int | None, graphs: bool) -> Generation:
+                     default_max_new_tokens: int, max_length: int | None, graphs: bool,
+                     compile: bool = False) -> Generation:
     from lmjupyter.handlers.parallel.dist import make_layout
     from lmjupyter.handlers.parallel.sharded import split_layers
 
@@ -80,7 +83,7 @@ def build_generation(ctx, config, spec: DecoderSpec, tokenizer, eos_ids: set[int
     decider = layout.decider_rank
     place = GroupPlace(world=world, rank=rank, decider=decider,
                        prev=rank - tp if not first else None, next=rank + tp if not last else None)
-    executor = StepExecutor(model, place, device, slots, spec.hidden, dtype, graphs=graphs)
+    executor = StepExecutor(model, place, device, slots, spec.hidden, dtype, graphs=graphs, compile=compile)
     plans = PlanChannel(world, decider, slots, prefill_chunk)
     leader = None
     if rank == decider:

@@ -111,15 +111,19 @@ class Leader:
             self.plans.send(plan)
             top = self._logprobs_wanted(book)
             output = self.executor.run(plan, top)
-            output.start_copy()
+            output.start_copy(self.executor.host_buffers)
             launched = (output, book, top)
         previous, self._pending = self._pending, launched
         return self._read(*previous) if previous is not None else []
 
     def _settle_slots(self, book: Book) -> None:
+        """The sampler's settings per slot: new sequences' in, retired ones' out (a free slot inside
+        the decode rows then samples greedily, which costs nothing)."""
         settings = self.executor.slot_settings
         for seq in book.sampled:
             settings[seq.slot] = (seq.rid, seq.params, seq.key)
+        for slot in [s for s in settings if s not in self.scheduler.running]:
+            del settings[slot]
 
     def _logprobs_wanted(self, book: Book) -> int | None:
         wanted = [s.params.logprobs for s in book.sampled] + [s.params.logprobs for _, s in book.decode]

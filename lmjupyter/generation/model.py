@@ -85,14 +85,20 @@ class CompactDecoder:
         mask.masked_fill_(~visible, float("-inf"))
         rows_index = torch.arange(rows, device=pos.device)
 
+        # the mask as baddbmm's addend: one GEMM kernel scales the scores and masks them
+        addend = mask[:, None, None, :].expand(rows, self.kv_heads, self.group, length)
+        addend = addend.reshape(rows * self.kv_heads, self.group, length)
+
         def attend(layer: int, q, k, v):
             kc, vc = self.cache.k[layer], self.cache.v[layer]
             kc[rows_index, :, pos] = k[:, 0]
             vc[rows_index, :, pos] = v[:, 0]
-            q = q.view(rows, self.kv_heads, self.group, self.spec.head_dim)
-            scores = torch.matmul(q, kc[:rows, :, :length].transpose(-1, -2)) * self.scales[layer]
-            probs = (scores + mask[:, None, None, :]).float().softmax(-1).to(q.dtype)
-            out = torch.matmul(probs, vc[:rows, :, :length])             # [rows, kv, group, d]
+            d = self.spec.head_dim
+            q = q.reshape(rows * self.kv_heads, self.group, d)
+            keys = kc[:rows, :, :length].reshape(rows * self.kv_heads, length, d)   # a view: no copy
+            scores = torch.baddbmm(addend, q, keys.transpose(1, 2), alpha=self.scales[layer])
+            probs = torch.softmax(scores, -1, dtype=torch.float32).to(q.dtype)
+            out = torch.bmm(probs, vc[:rows, :, :length].reshape(rows * self.kv_heads, length, d))
             return out.reshape(rows, 1, self.q_size)
 
         hidden = self._embed(x[:, None], positions) if self.place.first else x
@@ -126,7 +132,14 @@ class CompactDecoder:
 
     # ---- the pieces ------------------------------------------------------------------------
     def _embed(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        hidden = F.embedding(ids, self.w.embed)
+        if self.place.tp > 1:  # this rank's vocabulary rows; the others' lookups are summed in
+            shard = self.w.embed.shape[0]
+            local = ids - self.place.tp_index * shard
+            inside = (local >= 0) & (local < shard)
+            hidden = F.embedding(local.clamp(0, shard - 1), self.w.embed) * inside[..., None].to(self.w.embed.dtype)
+            hidden = self._reduce(hidden)
+        else:
+            hidden = F.embedding(ids, self.w.embed)
         if self.w.positions is not None:
             hidden = hidden + F.embedding(positions, self.w.positions)
         return hidden
@@ -143,14 +156,14 @@ class CompactDecoder:
         n, width = hidden.shape[:2]
         d = self.spec.head_dim
         h = self._norm(hidden, w.norm1, w.norm1_bias)
-        q, k, v = F.linear(h, w.qkv, w.qkv_bias).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = q.view(n, width, self.q_heads, d)
-        k = k.view(n, width, self.kv_heads, d)
-        v = v.view(n, width, self.kv_heads, d)
-        if rotary is not None:
+        qkv = F.linear(h, w.qkv, w.qkv_bias)
+        qk, v = qkv.split([self.q_size + self.kv_size, self.kv_size], dim=-1)
+        qk = qk.view(n, width, self.q_heads + self.kv_heads, d)
+        if rotary is not None:   # q and k heads side by side: one rotation for both
             cos, sin = rotary
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
+            qk = qk * cos + _rotate_half(qk) * sin
+        q, k = qk.split([self.q_heads, self.kv_heads], dim=2)
+        v = v.view(n, width, self.kv_heads, d)
         out = self._reduce(F.linear(attend(i, q, k, v), w.o))
         if w.o_bias is not None:
             out = out + w.o_bias
@@ -167,10 +180,8 @@ class CompactDecoder:
         return hidden + out
 
     def _norm(self, x, weight, bias):
-        if self.spec.llama_like:  # RMSNorm in float32, as Hugging Face computes it
-            x32 = x.float()
-            x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.spec.norm_eps)
-            return weight * x32.to(x.dtype)
+        if self.spec.llama_like:  # one fused kernel where Hugging Face's RMSNorm runs six
+            return F.rms_norm(x, (x.shape[-1],), weight, self.spec.norm_eps)
         return F.layer_norm(x, (x.shape[-1],), weight, bias, self.spec.norm_eps)
 
     def _reduce(self, x: torch.Tensor) -> torch.Tensor:

@@ -6,8 +6,9 @@ projections that run on the same input are fused as they are read: q|k|v into
 one matrix, and gate|up into one, so a block does two matmuls where Hugging Face
 does five. Tensor parallelism follows Megatron: q/k/v and gate/up are split by
 output rows (heads, intermediate units), o and down by input columns, with one
-all-reduce after each; the vocabulary projection is split by rows (vocab), padded
-to equal shards, and gathered.
+all-reduce after each; the embedding and the vocabulary projection are split by
+vocabulary rows (padded to equal shards): a lookup is summed over the ranks, the
+logits are gathered. A tied head is the embedding shard itself.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ class LayerWeights:
 @dataclass
 class StageWeights:
     layers: list[LayerWeights]
-    embed: torch.Tensor | None = None        # first stage (and the tied head's source)
+    embed: torch.Tensor | None = None        # first stage: this tp rank's vocabulary rows [padded vocab / tp, hidden]
     positions: torch.Tensor | None = None    # GPT-2's wpe, first stage
     norm: torch.Tensor | None = None         # last stage
     norm_bias: torch.Tensor | None = None
@@ -105,9 +106,10 @@ def load_stage_weights(model_dir, spec: DecoderSpec, layer_range: tuple[int, int
             progress(number, stop - start)
     weights = StageWeights(layers)
     embed_name = "embed_tokens.weight" if spec.llama_like else "wte.weight"
-    tied_head = last and not reader.ckpt.__contains__("lm_head.weight")
-    if first or tied_head:
-        weights.embed = reader.read(embed_name)
+    tied = "lm_head.weight" not in reader.ckpt
+    rows, shard = vocab_rows(spec.vocab, tp, tp_index)
+    if first or (last and tied):
+        weights.embed = _padded(reader.read(embed_name, rows), shard)
     if first and not spec.llama_like:
         weights.positions = reader.read("wpe.weight")
     if last:
@@ -115,19 +117,24 @@ def load_stage_weights(model_dir, spec: DecoderSpec, layer_range: tuple[int, int
         weights.norm = reader.read(f"{norm}.weight")
         if not spec.llama_like:
             weights.norm_bias = reader.read(f"{norm}.bias")
-        weights.head = _head(reader, spec, weights.embed if tied_head else None, tp, tp_index)
-        if tied_head and not first:
-            weights.embed = None  # only the head's rows were needed
+        weights.head = weights.embed if tied else _padded(reader.read("lm_head.weight", rows, full_key=True), shard)
+        if not first:
+            weights.embed = None  # the last stage only needed the tied head's rows
     return weights
 
 
-def _head(reader: _Reader, spec: DecoderSpec, embed, tp: int, tp_index: int) -> torch.Tensor:
-    shard = -(-spec.vocab // tp)
-    rows = slice(tp_index * shard, min((tp_index + 1) * shard, spec.vocab))
-    part = embed[rows] if embed is not None else reader.read("lm_head.weight", rows, full_key=True)
-    if part.shape[0] < shard:   # the last shard of an uneven vocabulary
-        part = torch.cat([part, part.new_zeros(shard - part.shape[0], part.shape[1])])
-    return part.contiguous() if tp > 1 or embed is None else part
+def vocab_rows(vocab: int, tp: int, tp_index: int) -> tuple[slice, int]:
+    """This rank's rows of the embedding and of the head, and the shard size (all shards equal;
+    the last is padded)."""
+    shard = -(-vocab // tp)
+    return slice(tp_index * shard, min((tp_index + 1) * shard, vocab)), shard
+
+
+def _padded(part: torch.Tensor, shard: int) -> torch.Tensor:
+    """A short last shard gets zero rows: never looked up, and their logits are cut off after the gather."""
+    if part.shape[0] == shard:
+        return part
+    return torch.cat([part, part.new_zeros(shard - part.shape[0], part.shape[1])])
 
 
 def _llama_layer(reader: _Reader, spec: DecoderSpec, i: int, tp: int, t: int) -> LayerWeights:

@@ -6,9 +6,11 @@ cancels to the :class:`~lmjupyter.generation.leader.Leader`, runs a step, and se
 that step's events in one frame. The other ranks follow the leader's plans. When
 nothing runs, the leader waits on its socket and, every ``HEARTBEAT_S``, tells the
 others it is idle, so that their wait for a plan never hits the process group's
-timeout. A failed step in a one-rank worker fails the requests it held and the
-worker carries on; in a group, the rank exits and the server replaces the group
-(the ranks' collectives cannot be resumed part-way).
+timeout. A failed step in a one-rank worker fails the requests it held (500, or 503
+when the device ran out of memory) and the worker carries on; in a group, the
+rank exits without answering and the server fails the group's requests (502) and
+replaces it: a step's collectives cannot be resumed part-way, and the usual cause
+is a peer that died.
 """
 from __future__ import annotations
 
@@ -49,10 +51,9 @@ def serve_continuous(channel: BlockingChannel, generation, ctx) -> int:
                 events += leader.step()
             except Exception as exc:  # noqa: BLE001 - the clients must hear why
                 traceback.print_exc()
-                events += leader.fail_all(exc)
                 if ctx.world_size > 1:
-                    _send(channel, events, leader)
-                    raise
+                    raise  # often a peer that died: the server fails the group's requests (502) and restarts it
+                events += leader.fail_all(exc)
         elif not messages:
             leader.heartbeat()
         if events:

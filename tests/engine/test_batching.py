@@ -11,6 +11,7 @@ from lmjupyter.engine.states import ModelState, WorkerState
 class StandInWorker:
     id = 1
     state = WorkerState.READY
+    slots = 0  # a per-batch worker
 
     def __init__(self):
         self.batches = []

@@ -10,8 +10,9 @@ import pytest
 from gpuutil import BATCH, MAX_NEW_TOKENS, gpu_generate
 from serverproc import running_server
 
+# fp32: exact greedy equality with generate (bf16 is checked against HF logits in test_generation_gpu.py)
 GPU_CONFIG = {"deviceType": "gpu", "minWorkers": 1, "maxWorkers": 1, "batchSize": 4, "responseTimeout": 120,
-              "torchrun": {"nproc-per-node": 1}, "handler": {"max_new_tokens": MAX_NEW_TOKENS}}
+              "torchrun": {"nproc-per-node": 1}, "handler": {"max_new_tokens": MAX_NEW_TOKENS, "dtype": "float32"}}
 
 WHERE_AM_I = textwrap.dedent('''
     import os
@@ -42,7 +43,7 @@ def smi_uuids() -> list[str]:
 
 @pytest.mark.timeout(300)
 def test_llama_and_gpt2_through_the_server_equal_generate(tmp_path, models):
-    expected = {name: gpu_generate(models[name]) for name in ("llama", "gpt2")}
+    expected = {name: gpu_generate(models[name], dtype_name="float32") for name in ("llama", "gpt2")}
     with running_server(str(tmp_path), "--allow-root", str(tmp_path.parent)) as server:
         client = server.client
         for name in ("llama", "gpt2"):   # one GPU: one model at a time

@@ -47,7 +47,7 @@ def hf_generate(model_dir: str, batch=BATCH) -> list[list[int]]:
 
 
 def run_ranks(nproc: int, config: dict, models: dict, out_dir: Path, batch=BATCH, timeout: float = 150) -> dict:
-    """Launch ``nproc`` ranks with real torchrun; return {model: {rank: record}}."""
+    """Launch ``nproc`` ranks with real torchrun; return {(model, path): {rank: record}}."""
     out_dir.mkdir(parents=True, exist_ok=True)
     spec = out_dir / "spec.json"
     spec.write_text(json.dumps({"models": models, "config": config, "batch": batch}))
@@ -65,5 +65,7 @@ def run_ranks(nproc: int, config: dict, models: dict, out_dir: Path, batch=BATCH
     assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{output[-6000:]}"
     records = {}
     for name in models:
-        records[name] = {r: json.loads((out_dir / f"{name}.rank{r}.json").read_text()) for r in range(nproc)}
+        for path in ("per_batch", "continuous"):
+            records[name, path] = {r: json.loads((out_dir / f"{name}.{path}.rank{r}.json").read_text())
+                                   for r in range(nproc)}
     return records

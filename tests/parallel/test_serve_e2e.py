@@ -1,4 +1,5 @@
-"""End to end: a Llama folder deployed with no handler, tp=2, through a real ``lmjupyter serve``."""
+"""End to end: a Llama folder deployed with no handler, tp=2, through a real ``lmjupyter serve``, on the
+per-batch path (``continuousBatching: false``; tests/generation covers continuous batching)."""
 from __future__ import annotations
 
 import concurrent.futures
@@ -18,6 +19,7 @@ def test_builtin_handler_tp2_through_the_server(tmp_path, reference):
     root.mkdir()
     model_dir = build_tiny_llama(root / "llama", num_layers=3, hidden=64, heads=4, kv_heads=2)
     config = cpu_config(parallelType="tp", torchrun={"nproc-per-node": 2}, batchSize=4, maxBatchDelay=300,
+                        continuousBatching=False,
                         responseTimeout=120, handler={"max_new_tokens": MAX_NEW_TOKENS})
     with running_server(str(root)) as server:
         client = server.client

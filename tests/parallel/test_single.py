@@ -1,4 +1,5 @@
-"""CausalLMHandler in one process: requests, batching, streaming, stops, errors."""
+"""CausalLMHandler in one process on its per-batch path (``continuousBatching: false``): requests,
+batching, streaming, stops, errors. tests/generation covers the continuous path."""
 from __future__ import annotations
 
 import json
@@ -14,7 +15,7 @@ from lmjupyter.worker.context import Context
 
 
 def make_handler(model_dir, config=None, streamed=None):
-    config = config or {"handler": {"max_new_tokens": MAX_NEW_TOKENS}}
+    config = {"continuousBatching": False, **(config or {"handler": {"max_new_tokens": MAX_NEW_TOKENS}})}
     ctx = Context(model_name="m", model_dir=str(model_dir), model_yaml_config=config,
                   _send_intermediate=streamed.append if streamed is not None else None)
     handler = CausalLMHandler()
@@ -47,7 +48,8 @@ def test_request_forms(models, reference):
     assert as_dict["token_ids"] == reference["llama"][0]
     ids = handler.tokenizer(prompt)["input_ids"]
     assert handler.handle([{"input_ids": ids}], ctx)[0] == as_dict
-    assert handler.handle([{"prompt": prompt, "max_new_tokens": 0}], ctx)[0] == {"text": "", "token_ids": []}
+    empty = handler.handle([{"prompt": prompt, "max_new_tokens": 0}], ctx)[0]
+    assert (empty["text"], empty["token_ids"], empty["completion_tokens"]) == ("", [], 0)
 
 
 @pytest.mark.timeout(60)
@@ -90,11 +92,15 @@ def test_max_length_keeps_the_last_tokens(models):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("bad", [{"text": "x"}, {"prompt": 3}, 42, {"prompt": ""}])
-def test_malformed_requests_are_refused(models, bad):
+@pytest.mark.parametrize("bad,param", [({"text": "x"}, "text"), ({"prompt": 3}, "prompt"), (42, None),
+                                       ({"prompt": ""}, "prompt"), ({"prompt": "x", "top_p": 0.5}, "top_p")])
+def test_malformed_requests_are_refused_alone(models, bad, param):
+    from lmjupyter.handlers import RequestError
+
     handler, ctx = make_handler(models["gpt2"])
-    with pytest.raises(ValueError):
-        handler.handle([bad], ctx)
+    refused, answered = handler.handle([bad, "Hello"], ctx)
+    assert isinstance(refused, RequestError) and refused.param == param
+    assert answered["token_ids"]
 
 
 @pytest.mark.timeout(60)

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# One device call for the generation engine (issues 11 and 18): the bench, then the GPU tests.
+#   SHAPE=1.1b SECTIONS=roofline,hf,inproc,profile,server bash benchmarks/gpu/run_generation.sh
+# Carry .whl (tornado, pydantic and its parts: the image lacks them). Writes into $OUT.
+set -u
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+OUT=${OUT:-$PWD/gpu-out}; mkdir -p "$OUT"
+SHAPE=${SHAPE:-1.1b}; SECTIONS=${SECTIONS:-roofline,hf,inproc,profile,server}
+BENCH_S=${BENCH_S:-360}; TESTS_S=${TESTS_S:-150}; EXTRA=${EXTRA:-}
+T0=$SECONDS
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+  || { echo "wheel install failed"; exit 1; }
+export PYTHONPATH=/tmp/site:$PWD
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; nproc
+  python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"; } \
+  > "$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
+echo "== bench $SHAPE: $SECTIONS"
+timeout "$BENCH_S" python3 benchmarks/gpu/generation_bench.py --shape "$SHAPE" --sections "$SECTIONS" \
+  --root /tmp/genbench $EXTRA --out "$OUT/gen-$SHAPE.json" > "$OUT/gen-$SHAPE.log" 2>&1
+echo "bench rc=$? after $((SECONDS - T0))s"; grep -v "Loading\|Writing" "$OUT/gen-$SHAPE.log" | tail -40
+if [ "$TESTS_S" -gt 0 ]; then
+  echo "== gpu tests"
+  timeout "$TESTS_S" python3 -m pytest tests/gpu -q -rs -p no:cacheprovider -k "not deepspeed" > "$OUT/gpu_tests.log" 2>&1
+  echo "gpu tests rc=$? after $((SECONDS - T0))s"; grep -v "Loading\|Writing" "$OUT/gpu_tests.log" | tail -30
+fi
+echo "done in $((SECONDS - T0))s"
