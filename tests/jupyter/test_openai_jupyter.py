@@ -14,7 +14,7 @@ from openai import OpenAI
 from jupyterproc import TOKEN, execute_notebook, make_notebook, outputs_text
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "openai_api"))
-from v1kit import MODEL, PATH, PROMPT  # noqa: E402
+from v1kit import MODEL, PROMPT  # noqa: E402
 
 pytestmark = pytest.mark.timeout(240)
 ECHO = Path(__file__).resolve().parents[1] / "handlers" / "echo.py"
@@ -28,7 +28,7 @@ def deployed(jupyter):
     model_dir = build_tiny_llama(jupyter.root / "models" / "tiny", num_layers=2, hidden=32, heads=4, kv_heads=2)
     shutil.copy(ECHO, jupyter.root / "echo.py")
     for body in ({"name": MODEL, "model_dir": str(model_dir),
-                  "config": {"deviceType": "cpu", "batchSize": 4, "handler": {"max_new_tokens": 12}, **PATH}},
+                  "config": {"deviceType": "cpu", "batchSize": 4, "handler": {"max_new_tokens": 12}}},
                  {"name": "echo", "handler": "echo.py", "config": {"deviceType": "cpu"}}):
         response = jupyter.lmserve("POST", "models", json={**body, "wait": True})
         assert response.status_code == 201, response.text

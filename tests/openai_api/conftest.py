@@ -2,7 +2,7 @@
 import pytest
 
 from serverproc import ServerProcess, cpu_config, handler_path
-from v1kit import MODEL, PATH
+from v1kit import MODEL
 
 
 @pytest.fixture(scope="module")
@@ -14,7 +14,7 @@ def llm_server(tmp_path_factory):
     server = ServerProcess(str(root))
     try:
         server.client.deploy(MODEL, model_dir=str(model_dir), wait=True,
-                             config=cpu_config(batchSize=4, handler={"max_new_tokens": 12}, **PATH))
+                             config=cpu_config(batchSize=4, handler={"max_new_tokens": 12}))
         server.client.deploy("echo", handler_path("echo.py"), config=cpu_config(), wait=True)
         server.model_dir = str(model_dir)
         yield server

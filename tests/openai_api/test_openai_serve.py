@@ -13,7 +13,7 @@ import requests
 from openai import OpenAI
 
 from serverproc import wait_until
-from v1kit import MODEL, PATH, PROMPT, without_chat_template
+from v1kit import MODEL, PROMPT, without_chat_template
 
 pytestmark = pytest.mark.timeout(180)
 CHAT = [{"role": "user", "content": "Hello there"}]
@@ -118,22 +118,111 @@ def test_unknown_model_non_llm_and_wrong_key(llm_server):
     assert raw.status_code == 400 and set(raw.json()["error"]) == {"message", "type", "param", "code"}
 
 
-def test_chat_without_a_template_is_refused(llm_server, tmp_path):
+@pytest.fixture(scope="module")
+def plain(llm_server):
+    """A second tiny model: no chat template, one slot, job tickets (no free slot: 503 at once); big enough
+    that its 250 tokens take a good fraction of a second, so that a stream holds the slot for a while."""
     from lmjupyter.models.tiny import build_tiny_llama
 
-    model_dir = build_tiny_llama(llm_server.root + "/plain", num_layers=1, hidden=32, heads=4, kv_heads=2)
+    model_dir = build_tiny_llama(llm_server.root + "/plain", num_layers=4, hidden=256, heads=4, kv_heads=2)
     without_chat_template(model_dir)
-    llm_server.client.deploy("plain", model_dir=str(model_dir), wait=True,
-                             config={"deviceType": "cpu", "handler": {"max_new_tokens": 4}, **PATH})
-    try:
-        client = client_for(llm_server)
-        for stream in (False, True):
-            with pytest.raises(openai.BadRequestError) as info:
-                client.chat.completions.create(model="plain", messages=CHAT, stream=stream)
-            assert "chat template" in info.value.body["message"] and info.value.body["param"] == "messages"
-        assert client.completions.create(model="plain", prompt="x", max_tokens=2).usage.completion_tokens == 2
-    finally:
-        llm_server.client.undeploy("plain")
+    llm_server.client.deploy("plain", model_dir=str(model_dir), wait=True, config={
+        "deviceType": "cpu", "batchSize": 1, "useJobTicket": True, "handler": {"max_new_tokens": 4}})
+    yield "plain"
+    llm_server.client.undeploy("plain")
+
+
+def test_chat_without_a_template_is_refused(llm_server, plain):
+    client = client_for(llm_server)
+    for stream in (False, True):
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(model=plain, messages=CHAT, stream=stream)
+        assert "chat template" in info.value.body["message"] and info.value.body["param"] == "messages"
+    assert client.completions.create(model=plain, prompt="x", max_tokens=2).usage.completion_tokens == 2
+
+
+def test_overload_is_503_in_openais_shape(llm_server, plain):
+    """One slot (plus one request waiting in the worker) and job tickets: a third call is refused at once."""
+    client = client_for(llm_server)
+    long = dict(model=plain, prompt=PROMPT, max_tokens=400, temperature=0, stream=True,
+                extra_body={"ignore_eos": True})
+    running = client.completions.create(**long)  # answers at its first token: it holds the slot
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(client.completions.create, **long)  # waits for the slot inside the worker
+        try:
+            wait_until(lambda: _metric(llm_server, "lmjupyter_sequences_waiting", plain) == 1, 30,
+                       message="the second stream waiting for the slot")
+            with pytest.raises(openai.InternalServerError) as info:
+                client.completions.create(model=plain, prompt=PROMPT, max_tokens=2)
+            assert info.value.status_code == 503 and info.value.body["code"] == "overloaded", info.value.body
+            assert "useJobTicket" in info.value.body["message"]
+        finally:
+            running.close()
+            waiting.result(timeout=60).close()
+
+
+def test_seed_n_and_top_p(llm_server):
+    client = client_for(llm_server)
+    sampled = dict(model=MODEL, prompt=PROMPT, max_tokens=12, temperature=1.0, extra_body={"ignore_eos": True})
+    first = client.completions.create(seed=7, **sampled).choices[0].text
+    assert client.completions.create(seed=7, **sampled).choices[0].text == first  # same seed, same text
+    texts = {first} | {client.completions.create(seed=s, **sampled).choices[0].text for s in (8, 9, 10)}
+    assert len(texts) > 1  # and the seed does matter
+    second = client.completions.create(seed=8, **sampled).choices[0].text
+    both = client.completions.create(seed=7, n=2, **sampled)  # choice i is seeded seed + i
+    assert [(c.index, c.text) for c in both.choices] == [(0, first), (1, second)]
+    assert both.usage.completion_tokens == 24
+    assert both.usage.prompt_tokens == client.completions.create(seed=7, **sampled).usage.prompt_tokens
+    streamed = {0: "", 1: ""}
+    for chunk in client.completions.create(seed=7, n=2, stream=True, **sampled):
+        for choice in chunk.choices:
+            streamed[choice.index] += choice.text
+    assert streamed == {0: first, 1: second}
+    greedy = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=12, temperature=0,
+                                       extra_body={"ignore_eos": True}).choices[0].text
+    assert client.completions.create(seed=3, top_p=1e-9, **sampled).choices[0].text == greedy  # only the top token
+    chat = client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=8, temperature=1.0, seed=5)
+    again = client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=8, temperature=1.0, seed=5)
+    assert chat.choices[0].message.content == again.choices[0].message.content
+
+
+def test_stop_cuts_where_it_should(llm_server):
+    client = client_for(llm_server)
+    base = dict(model=MODEL, prompt=PROMPT, max_tokens=24, temperature=0, extra_body={"ignore_eos": True})
+    text = client.completions.create(**base).choices[0].text
+    assert len(text) >= 10, text
+    stop = text[5:8]
+    expected = text[:text.find(stop)]
+    cut = client.completions.create(stop=[stop, "never-in-this-text"], **base)
+    assert (cut.choices[0].text, cut.choices[0].finish_reason) == (expected, "stop")
+    chunks = list(client.completions.create(stop=stop, stream=True, **base))
+    assert "".join(c.choices[0].text for c in chunks) == expected
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_logprobs(llm_server):
+    client = client_for(llm_server)
+    chat = client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=5, temperature=0,
+                                          logprobs=True, top_logprobs=3)
+    content = chat.choices[0].logprobs.content
+    assert len(content) == 5
+    for entry in content:
+        tops = entry.top_logprobs
+        assert len(tops) == 3 and [t.logprob for t in tops] == sorted((t.logprob for t in tops), reverse=True)
+        assert entry.token == tops[0].token and entry.logprob == pytest.approx(tops[0].logprob)  # greedy
+        assert entry.logprob <= 0 and entry.bytes == list(entry.token.encode())
+    chunks = list(client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=5, temperature=0,
+                                                 logprobs=True, top_logprobs=3, stream=True))
+    streamed = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    assert [(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in content]
+    legacy = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=4, temperature=0, logprobs=2)
+    lp = legacy.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 4
+    assert lp.text_offset == sorted(lp.text_offset) and lp.text_offset[0] == 0
+    assert all(1 <= len(top) <= 2 and max(top.values()) == pytest.approx(p) for top, p in
+               zip(lp.top_logprobs, lp.token_logprobs))
+    plain_answer = client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=2, temperature=0)
+    assert plain_answer.choices[0].logprobs is None
 
 
 def test_curl_style_sse_frames(llm_server):
@@ -155,12 +244,19 @@ def _requests_with_status(server, status: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
+def _metric(server, name: str, model: str = MODEL) -> float:
+    match = re.search(rf'^{name}\{{model="{model}"\}} (\S+)$', server.client.metrics(), re.M)
+    return float(match.group(1)) if match else 0.0
+
+
 def test_a_client_that_leaves_cancels_its_sequence_only(llm_server):
     """Three streams share the worker; one reads 3 chunks and hangs up. The others finish untouched."""
     client = client_for(llm_server)
     reference = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=40, temperature=0,
                                           extra_body={"ignore_eos": True})
     cancelled_before = _requests_with_status(llm_server, "499")
+    cancelled_seqs = _metric(llm_server, "lmjupyter_cancelled_requests_total")
+    generated_before = _metric(llm_server, "lmjupyter_generated_tokens_total")
 
     def full_stream(_):
         stream = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=40, temperature=0,
@@ -181,3 +277,6 @@ def test_a_client_that_leaves_cancels_its_sequence_only(llm_server):
         assert [f.result(timeout=120) for f in others] == [reference.choices[0].text] * 2
     wait_until(lambda: _requests_with_status(llm_server, "499") == cancelled_before + 1, 30,
                message="the cancelled stream in the metrics")
+    assert _metric(llm_server, "lmjupyter_cancelled_requests_total") == cancelled_seqs + 1
+    generated = _metric(llm_server, "lmjupyter_generated_tokens_total") - generated_before
+    assert 40 * 2 + 3 <= generated < 40 * 3, generated  # the third sequence stopped early: its slot was freed

@@ -4,7 +4,6 @@ import os
 
 MODEL = "tiny"
 PROMPT = "Once upon a time"
-PATH = {"continuousBatching": False}  # TEMPORARY until the engine's continuous mode lands on main
 
 
 def without_chat_template(model_dir) -> None:

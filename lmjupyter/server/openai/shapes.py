@@ -107,9 +107,15 @@ class Shaper:
             offsets.append(offset)
             offset += len(token)
         return {"tokens": tokens, "token_logprobs": [e["logprob"] for e in entries],
-                "top_logprobs": [{names[i]: lp for i, lp in e.get("top") or []} or {names[e["token_id"]]: e["logprob"]}
-                                 for e in entries],
-                "text_offset": offsets}
+                "top_logprobs": [_top_dict(names, e) for e in entries], "text_offset": offsets}
+
+
+def _top_dict(names: dict, entry: dict) -> dict:
+    """The legacy ``{token: logprob}``; tokens that read alike (partial UTF-8) keep the likeliest."""
+    top: dict = {}
+    for token_id, logprob in entry.get("top") or [[entry["token_id"], entry["logprob"]]]:
+        top.setdefault(names[token_id], logprob)
+    return top
 
 
 def _chat_entry(names: dict, entry: dict) -> dict:
