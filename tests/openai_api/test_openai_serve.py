@@ -280,3 +280,18 @@ def test_a_client_that_leaves_cancels_its_sequence_only(llm_server):
     assert _metric(llm_server, "lmjupyter_cancelled_requests_total") == cancelled_seqs + 1
     generated = _metric(llm_server, "lmjupyter_generated_tokens_total") - generated_before
     assert 40 * 2 + 3 <= generated < 40 * 3, generated  # the third sequence stopped early: its slot was freed
+
+
+def test_the_readme_snippet_runs(llm_server):
+    """The README's OpenAI client code, as written, against this server."""
+    import os
+    import subprocess
+    import sys
+
+    with open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md"), encoding="utf-8") as f:
+        snippet = re.search(r"```python\n(from openai import OpenAI\n.*?)```", f.read(), re.S).group(1)
+    code = (snippet.replace("http://127.0.0.1:8765/", llm_server.url).replace('"secret"', repr(llm_server.token))
+            .replace('"llama"', repr(MODEL)))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(str([MODEL]) + "\n") and len(done.stdout) > len(str([MODEL])) + 1  # + the answer
