@@ -22,7 +22,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from run import TOKEN, Server, versions, wait_idle_cpu  # noqa: E402
+from run import TOKEN, Server, cpu_split, versions, wait_idle_cpu  # noqa: E402
 
 SHAPES = {  # (layers, hidden, heads, kv_heads, intermediate)
     "tiny": (2, 64, 4, 2, None),
@@ -59,12 +59,16 @@ async def measure(server: Server, path: str, body: dict, marker: bytes, clients:
 
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(headers={"Authorization": f"token {TOKEN}"}, timeout=600, limits=limits) as http:
-        started = time.monotonic()
+        before, started = cpu_split(server), time.monotonic()
         counts = await asyncio.gather(*(client_loop(http, server.url + path, body, marker.decode(),
                                                     started + duration) for _ in range(clients)))
-        elapsed = time.monotonic() - started
+        elapsed, after = time.monotonic() - started, cpu_split(server)
     tokens = sum(t for t, _ in counts)
-    return {"tok_s": tokens / elapsed, "tokens": tokens, "requests": sum(r for _, r in counts), "s": elapsed}
+    return {"tok_s": tokens / elapsed, "tokens": tokens, "requests": sum(r for _, r in counts), "s": elapsed,
+            # CPU per token: the server process, and the ranks with their torchrun agent (steadier than tok/s
+            # on a shared machine)
+            "server_us": (after["server"] - before["server"]) / max(1, tokens) * 1e6,
+            "ranks_us": (after["ranks"] - before["ranks"]) / max(1, tokens) * 1e6}
 
 
 def paths(model: str, tokens: int) -> dict:
@@ -108,14 +112,17 @@ def main(argv=None) -> int:
                     run = asyncio.run(measure(server, path, body, marker, c, args.duration))
                     runs[(c, name)].append(run)
                     print(f"rep {rep + 1}/{args.reps} {c:>3} clients {name:<6} {run['tok_s']:8.1f} tok/s "
-                          f"({run['requests']} requests)", flush=True)
-        print("\n| clients | native ?stream=1 tok/s | OpenAI SSE tok/s | SSE / native |\n| ---: | ---: | ---: | ---: |")
+                          f"({run['requests']} requests)  CPU us/token: server {run['server_us']:.0f} "
+                          f"ranks {run['ranks_us']:.0f}", flush=True)
+        print("\n| clients | native ?stream=1: tok/s, server CPU us/token | OpenAI SSE: tok/s, server CPU us/token "
+              "| SSE / native tok/s |\n| ---: | ---: | ---: | ---: |")
         for c in clients:
-            native = statistics.median(r["tok_s"] for r in runs[(c, "native")])
-            sse = statistics.median(r["tok_s"] for r in runs[(c, "sse")])
-            results[str(c)] = {"native_tok_s": native, "sse_tok_s": sse, "ratio": sse / native,
-                               "runs": {name: runs[(c, name)] for name in routes}}
-            print(f"| {c} | {native:.1f} | {sse:.1f} | {sse / native:.3f} |")
+            med = {name: {key: statistics.median(r[key] for r in runs[(c, name)]) for key in ("tok_s", "server_us")}
+                   for name in routes}
+            ratio = med["sse"]["tok_s"] / med["native"]["tok_s"]
+            results[str(c)] = {"median": med, "ratio": ratio, "runs": {name: runs[(c, name)] for name in routes}}
+            print(f"| {c} | {med['native']['tok_s']:.1f}, {med['native']['server_us']:.0f} | "
+                  f"{med['sse']['tok_s']:.1f}, {med['sse']['server_us']:.0f} | {ratio:.3f} |")
     finally:
         server.stop()
     if args.out:

@@ -222,10 +222,8 @@ class GenerateMixin(OpenAIMixin):
                 remaining -= 1
                 if remaining == 0:
                     break
-            else:
-                partial = json.loads(value[2]) if value[0] < 400 else None
-                if isinstance(partial, dict):
-                    self.write(shaper.token(index, partial))
+            elif value[0] < 400:
+                self.write(shaper.token_bytes(index, value[2]))
             item = events.get_nowait()  # write out whatever else is there, then flush once
             if item is None:
                 await self.flush()

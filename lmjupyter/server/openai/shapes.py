@@ -10,6 +10,7 @@ chunk with no choices carries the usage, as OpenAI sends them.
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 
@@ -17,6 +18,9 @@ from lmjupyter.server.openai.tokens import token_strings
 from lmjupyter.server.openai.translate import Call
 
 DONE = b"data: [DONE]\n\n"
+# A native partial with nothing but its token and text (no logprob): its text is spliced into the chunk as
+# the JSON string it already is. Any other shape is decoded and encoded again.
+PLAIN_PARTIAL = re.compile(rb'\{"token_id": \d+, "text": ("(?:[^"\\]|\\.)*")\}')
 
 
 def sse(data: dict) -> bytes:
@@ -32,6 +36,7 @@ class Shaper:
         self.id = ("chatcmpl-" if self.chat else "cmpl-") + uuid.uuid4().hex[:24]
         self.created = int(time.time())
         self.offsets = [0] * len(call.natives)   # text offsets, for completions logprobs in a stream
+        self._token_frames: dict[int, tuple[bytes, bytes]] = {}
 
     def _head(self, kind: str) -> dict:
         return {"id": self.id, "object": kind, "created": self.created, "model": self.call.model}
@@ -71,9 +76,22 @@ class Shaper:
         return self._chunk({"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                             "finish_reason": None}) if self.chat else b""
 
+    def token_bytes(self, index: int, body: bytes) -> bytes:
+        """A chunk for a native partial as it came from the worker (the hot path: one per token)."""
+        if self.call.logprobs is None:
+            match = PLAIN_PARTIAL.fullmatch(body)
+            if match is not None:
+                head, tail = self._token_frames.get(index) or self._token_frame(index)
+                return head + match.group(1) + tail
+        partial = json.loads(body)
+        return self.token(index, partial) if isinstance(partial, dict) else b""
+
     def token(self, index: int, partial: dict) -> bytes:
+        if self.call.logprobs is None:
+            head, tail = self._token_frames.get(index) or self._token_frame(index)
+            return head + json.dumps(partial.get("text", "")).encode() + tail
         logprobs = None
-        if self.call.logprobs is not None and partial.get("logprob") is not None:
+        if partial.get("logprob") is not None:
             logprobs = self._logprobs([partial["logprob"]], self.offsets[index], index)
         self.offsets[index] += len(partial.get("text", ""))
         if self.chat:
@@ -81,6 +99,17 @@ class Shaper:
                                 "finish_reason": None})
         return self._chunk({"index": index, "text": partial.get("text", ""), "logprobs": logprobs,
                             "finish_reason": None})
+
+    def _token_frame(self, index: int) -> tuple[bytes, bytes]:
+        """The bytes around a token's text in its chunk (what ``_chunk`` would write, built once)."""
+        marker = "\u0000text\u0000"
+        if self.chat:
+            choice = {"index": index, "delta": {"content": marker}, "logprobs": None, "finish_reason": None}
+        else:
+            choice = {"index": index, "text": marker, "logprobs": None, "finish_reason": None}
+        head, tail = self._chunk(choice).split(json.dumps(marker).encode())
+        self._token_frames[index] = (head, tail)
+        return head, tail
 
     def closing(self, index: int, answer: dict) -> bytes:
         if self.chat:
