@@ -53,11 +53,12 @@ class Client:
         """Models of the registry snapshot that did not come back at the server's start, and why."""
         return self._call("GET", "lmserve/api/models").get("restore_errors", [])
 
-    def deploy(self, name: str, handler: str | None = None, *, model_dir: str | None = None,
+    def deploy(self, name: str | None = None, handler: str | None = None, *, model_dir: str | None = None,
                archive: str | None = None, config: dict | str | None = None, config_file: str | None = None,
                workers: int | None = None, wait: bool = False, dry_run: bool = False,
                version: str | None = None, install_requirements: bool | None = None,
                **extra: Any) -> dict:
+        """Deploy a model; with an ``archive``, ``name`` may be left out (the archive's modelName)."""
         body = {"name": name, "handler": handler, "model_dir": model_dir, "archive": archive,
                 "config": config, "config_file": config_file, "workers": workers,
                 "wait": wait, "dry_run": dry_run, "version": version,

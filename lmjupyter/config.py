@@ -12,7 +12,7 @@ import difflib
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -75,6 +75,9 @@ class ModelConfig(BaseModel):
     pippy: PippyConfig | None = None
     deepspeed: DeepSpeedConfig | None = None
     handler: dict[str, Any] = {}
+    # Top-level sections lmjupyter does not know (TorchServe handlers read e.g. pt2: or their own):
+    # not validated, not used by the engine, but handed to the handler in ctx.model_yaml_config.
+    _other_sections: dict = PrivateAttr(default_factory=dict)
 
     @field_validator("deviceIds")
     @classmethod
@@ -104,9 +107,11 @@ class ModelConfig(BaseModel):
     def nproc(self) -> int:
         return self.torchrun.nproc_per_node
 
-    def as_yaml_dict(self) -> dict:
-        """The config as the handler sees it (``ctx.model_yaml_config``): YAML key names."""
-        return self.model_dump(by_alias=True, exclude_none=True)
+    def as_yaml_dict(self, other_sections: bool = False) -> dict:
+        """The config with YAML key names; ``other_sections``: as the handler sees it
+        (``ctx.model_yaml_config``), with the top-level keys lmjupyter does not use."""
+        data = self.model_dump(by_alias=True, exclude_none=True)
+        return {**self._other_sections, **data} if other_sections else data
 
 
 class _KeyedError(ValueError):
@@ -148,9 +153,12 @@ def load_config(source: str | dict | None, *, filename: str = "model-config.yaml
             hint = difflib.get_close_matches(str(key), KNOWN_KEYS, n=1)
             nearest = f"; did you mean {hint[0]!r}?" if hint else ""
             line = _line_of(root_node, (key,))
-            warnings.append(f"{filename}: unknown key {key!r}{_at(line)} is ignored{nearest}")
+            warnings.append(f"{filename}: unknown key {key!r}{_at(line)} is ignored by lmjupyter (the handler "
+                            f"still finds it in ctx.model_yaml_config){nearest}")
     try:
-        return ModelConfig.model_validate(_coerce_yaml_numbers(known)), warnings
+        config = ModelConfig.model_validate(_coerce_yaml_numbers(known))
+        config._other_sections = {k: v for k, v in data.items() if k not in known}
+        return config, warnings
     except ValidationError as exc:
         raise _to_config_error(exc, data, root_node, filename) from None
     except _KeyedError as exc:

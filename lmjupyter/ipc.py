@@ -4,17 +4,20 @@ Both ends are our own processes, joined by a unix socket in a private 0700
 directory, so pickle is safe here and is the cheapest way to move request bytes
 without re-encoding them. Messages (tuples, first item the kind):
 
-server -> rank: ("batch", batch_id, [(payload: bytes, content_type: str), ...]) and ("stop",);
+server -> rank: ("batch", batch_id, [(payload: bytes, content_type: str, meta: dict | None), ...]) and ("stop",);
+                meta (the request's id and headers) only for TorchServe-style handlers;
                 ("spec", {...}) to a warm spare's ranks when a deploy takes the group;
                 to the leader of a continuous-batching group: ("add", request_id, payload, content_type,
-                stream: bool) and ("cancel", request_id)
-rank -> server: ("hello", rank, pid), ("spare_ready", rank), ("ready", rank, output_rank[, {"slots": n}]),
+                stream: bool, meta) and ("cancel", request_id)
+rank -> server: ("hello", rank, pid), ("spare_ready", rank), ("ready", rank, output_rank, handler_info)
+                (handler_info: {"slots": n} for continuous batching, {"request_rows": "torchserve"}),
                 ("events", [(kind, request_id, encoded), ...], stats) from a continuous-batching leader
                 (kind "partial" or "done"; stats {"running", "waiting", "generated"}),
                 ("init_failed", rank, message, traceback),
                 ("partial", batch_id, [(position, encoded), ...]), ("result", batch_id, [encoded...]),
-                ("error", batch_id, rank, message, traceback)
-where an encoded item is (status: int, content_type: str, body: bytes).
+                ("error", batch_id, rank, message, traceback), ("metrics", [update, ...])
+where an encoded item is (status: int, content_type: str, body: bytes), or with a fourth
+item, a dict of a TorchServe-style answer's "phrase", "headers" and "error_type".
 """
 from __future__ import annotations
 

@@ -149,7 +149,10 @@ def inproc(model_dir: Path, out: dict, key: str = "inproc", **handler) -> None:
     vocab = h.config.vocab_size
     rows = {"init_s": round(init_s, 2)}
     for batch in (1, 16, 64):
+        filled = time.perf_counter()
         _fill(leader, batch, vocab)
+        if batch == 1:   # the first requests pay for graph captures (and compiles, with handler.compile)
+            rows["first_fill_s"] = round(time.perf_counter() - filled, 2)
         plan = gen.executor.last_plan           # the decode bucket these steps use
         replay = cuda_ms(lambda: gen.executor.graphs.run(plan.rows, plan.length), reps=50) \
             if gen.executor.graphs is not None else None
@@ -166,7 +169,12 @@ def inproc(model_dir: Path, out: dict, key: str = "inproc", **handler) -> None:
             leader.cancel(rid)
         while leader.busy:
             leader.step()
+    rows["host_split_b1_ms"] = _host_split(leader, gen.executor, vocab)
+    rows["ttft_inproc_ms"] = _ttft(leader)
     graphs = gen.executor.graphs
+    rows["prefill_graph_capture_s"] = {"x".join(map(str, k)): round(v, 3)
+                                       for k, v in (gen.executor.prefill_graphs.captured.items()
+                                                    if gen.executor.prefill_graphs else [])}
     rows["graph_capture_s"] = {f"{k[0]}x{k[1]}": round(v, 3) for k, v in (graphs.captured.items() if graphs else [])}
     rows["graphs_failed"] = graphs.failed if graphs else "off"
     out[key] = rows
@@ -174,7 +182,57 @@ def inproc(model_dir: Path, out: dict, key: str = "inproc", **handler) -> None:
     torch.cuda.empty_cache()
 
 
-def profile(model_dir: Path, out: dict) -> None:
+def _host_split(leader, executor, vocab: int, steps: int = 100) -> dict:
+    """Where the leader's step time goes at one running sequence: planning, launching, reading."""
+    import torch
+
+    _fill(leader, 1, vocab)
+    times = {"plan": 0.0, "launch": 0.0, "read": 0.0}
+    torch.cuda.synchronize()
+    t_start = time.perf_counter()
+    for _ in range(steps):
+        a = time.perf_counter()
+        plan, book = leader.scheduler.plan()
+        b = time.perf_counter()
+        leader._settle_slots(book)
+        output = executor.run(plan, None)
+        output.start_copy(executor.host_buffers)
+        c = time.perf_counter()
+        previous, leader._pending = leader._pending, (output, book, None)
+        if previous is not None:
+            leader._read(*previous)
+        d = time.perf_counter()
+        times["plan"] += b - a
+        times["launch"] += c - b
+        times["read"] += d - c   # includes waiting for the previous step's tokens
+    total = time.perf_counter() - t_start
+    for rid in list(leader.sequences):
+        leader.cancel(rid)
+    while leader.busy:
+        leader.step()
+    return {k: round(v / steps * 1e3, 4) for k, v in {**times, "total": total}.items()}
+
+
+def _ttft(leader, trials: int = 10) -> float:
+    """Idle engine: add a 16-token request and step until its first token is out (median ms)."""
+    times = []
+    for trial in range(trials):
+        rid = 900_000 + trial
+        t0 = time.perf_counter()
+        leader.add(rid, {"input_ids": random_prompts(1, 300, seed=trial)[0], "max_new_tokens": 4}, stream=True)
+        got = False
+        for _ in range(20):
+            if any(r == rid for _, r, _ in leader.step()):
+                got = True
+                break
+        times.append(time.perf_counter() - t0)
+        assert got
+        while leader.busy:
+            leader.step()
+    return round(statistics.median(times) * 1e3, 3)
+
+
+def profile(model_dir: Path, out: dict, **handler) -> None:
     import torch
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
@@ -198,7 +256,7 @@ def profile(model_dir: Path, out: dict) -> None:
                         for name, t in top]}
 
     result = {}
-    h, _ = _generation(model_dir, 16)
+    h, _ = _generation(model_dir, 16, **handler)
     layers = h.config.num_hidden_layers
     leader, executor = h.generation.leader, h.generation.executor
     _fill(leader, 1, h.config.vocab_size)
@@ -257,7 +315,7 @@ class Server:
         self.log.close()
 
 
-def server(model_dir: Path, root: Path, out: dict, slots: int, quick: bool) -> None:
+def server(model_dir: Path, root: Path, out: dict, slots: int, quick: bool, handler: dict) -> None:
     import serving
 
     srv = Server(root)
@@ -265,7 +323,7 @@ def server(model_dir: Path, root: Path, out: dict, slots: int, quick: bool) -> N
     try:
         vocab = json.loads((model_dir / "config.json").read_text())["vocab_size"]
         config = {"deviceType": "gpu", "batchSize": slots, "responseTimeout": 300, "startupTimeout": 600,
-                  "handler": {"max_seq_len": 2048}}
+                  "handler": {"max_seq_len": 2048, **handler}}
         t0 = time.perf_counter()
         srv.client.deploy("llm", model_dir=str(model_dir), config=config, wait=True)
         ready = time.perf_counter()
@@ -319,11 +377,13 @@ def main(argv=None) -> int:
     parser.add_argument("--new", type=int, default=64, help="tokens per request for HF generate")
     parser.add_argument("--quick", action="store_true", help="skip the Poisson runs")
     parser.add_argument("--root", default=None)
+    parser.add_argument("--handler", default="{}", help="JSON merged into the handler: section (profile, server)")
     args = parser.parse_args(argv)
     from lmjupyter.models.shapes import build_shape
 
     root = Path(args.root or tempfile.mkdtemp(prefix="genbench-"))
-    results: dict = {"environment": environment(), "shape": args.shape, "errors": {}}
+    results: dict = {"environment": environment(), "shape": args.shape, "handler": json.loads(args.handler),
+                     "errors": {}}
     t0 = time.perf_counter()
     model_dir = root / f"llama-{args.shape}"
     if not (model_dir / "config.json").exists():
@@ -334,8 +394,8 @@ def main(argv=None) -> int:
         "hf": lambda: hf(model_dir, results, args.new),
         "inproc": lambda: inproc(model_dir, results),
         "compile": lambda: inproc(model_dir, results, key="inproc_compiled", compile=True),
-        "profile": lambda: profile(model_dir, results),
-        "server": lambda: server(model_dir, root, results, args.slots, args.quick),
+        "profile": lambda: profile(model_dir, results, **json.loads(args.handler)),
+        "server": lambda: server(model_dir, root, results, args.slots, args.quick, json.loads(args.handler)),
     }
     for name in args.sections.split(","):
         started = time.perf_counter()

@@ -5,7 +5,7 @@
 set -u
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 OUT=${OUT:-$PWD/gpu-out}; mkdir -p "$OUT"
-SHAPE=${SHAPE:-1.1b}; SECTIONS=${SECTIONS:-roofline,hf,inproc,profile,server}
+SHAPE=${SHAPE:-1.1b}; SECTIONS=${SECTIONS:-roofline,hf,inproc,profile,server}; TAG=${TAG:-$SHAPE}
 BENCH_S=${BENCH_S:-360}; TESTS_S=${TESTS_S:-150}; EXTRA=${EXTRA:-}
 T0=$SECONDS
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -17,8 +17,8 @@ export PYTHONPATH=/tmp/site:$PWD
 cat "$OUT/env.txt"
 echo "== bench $SHAPE: $SECTIONS"
 timeout "$BENCH_S" python3 benchmarks/gpu/generation_bench.py --shape "$SHAPE" --sections "$SECTIONS" \
-  --root /tmp/genbench $EXTRA --out "$OUT/gen-$SHAPE.json" > "$OUT/gen-$SHAPE.log" 2>&1
-echo "bench rc=$? after $((SECONDS - T0))s"; grep -v "Loading\|Writing" "$OUT/gen-$SHAPE.log" | tail -40
+  --root /tmp/genbench $EXTRA --out "$OUT/gen-$TAG.json" > "$OUT/gen-$TAG.log" 2>&1
+echo "bench rc=$? after $((SECONDS - T0))s"; grep -v "Loading\|Writing" "$OUT/gen-$TAG.log" | grep -v "^ " | tail -25
 if [ "$TESTS_S" -gt 0 ]; then
   echo "== gpu tests"
   timeout "$TESTS_S" python3 -m pytest tests/gpu -q -rs -p no:cacheprovider -k "not deepspeed" > "$OUT/gpu_tests.log" 2>&1

@@ -53,6 +53,12 @@ def read_manifest(folder: str) -> tuple[str, dict]:
                        f"(lmjupyter archive) nor {TORCHSERVE_MANIFEST} (TorchServe)")
 
 
+def handler_file(handler: str | None) -> str:
+    """The file part of ``file.py:Class`` (or ``module:Class``)."""
+    head, sep, tail = (handler or "").rpartition(":")
+    return head if sep and tail.isidentifier() else handler or ""
+
+
 def check_version(version: str, key: str = "version") -> str:
     version = str(version)
     if not VERSION_PATTERN.match(version):

@@ -25,7 +25,8 @@ import zlib
 from dataclasses import dataclass, field
 
 from lmjupyter.archive.manifest import (MANIFEST_NAME, TORCHSERVE_MANIFEST, ArchiveError, check_version,
-                                        copy_hashing, read_manifest)
+                                        copy_hashing, handler_file, read_manifest)
+from lmjupyter.compat.torchserve.archive import import_torchserve
 
 
 @dataclass
@@ -61,20 +62,12 @@ def open_archive(source: str, unpack_root: str) -> UnpackedArchive:
     if model.get("requirementsFile"):
         archive.requirements = inside(folder, model["requirementsFile"], "requirementsFile")
     if kind == "torchserve":
-        from lmjupyter.archive.torchserve import import_torchserve
-
         import_torchserve(archive)
     elif in_place:
         _check_files_present(folder, manifest)
     if handler_file(archive.handler).endswith(".py"):
         inside(folder, handler_file(archive.handler), "handler")
     return archive
-
-
-def handler_file(handler: str | None) -> str:
-    """The file part of ``file.py:Class`` (or ``module:Class``)."""
-    head, sep, tail = (handler or "").rpartition(":")
-    return head if sep and tail.isidentifier() else handler or ""
 
 
 def inside(folder: str, relative: str, key: str) -> str:

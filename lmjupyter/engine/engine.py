@@ -201,9 +201,6 @@ class Engine:
         if unknown:
             raise ApiError(400, f"unknown deploy key(s) {unknown}; expected some of {sorted(DEPLOY_KEYS)}",
                            key=unknown[0])
-        name = body.get("name")
-        if not isinstance(name, str) or not NAME_PATTERN.match(name):
-            raise ApiError(400, f"name = {name!r}: expected 1-64 letters, digits, '.', '_' or '-'", key="name")
         for key in ("wait", "dry_run", "install_requirements"):
             if not isinstance(body.get(key, False), bool):
                 raise ApiError(400, f"{key} = {body[key]!r}: expected true or false", key=key)
@@ -211,10 +208,16 @@ class Engine:
         if body.get("archive") is not None:
             if body.get("model_dir") is not None:
                 raise ApiError(400, "give model_dir or archive, not both", key="archive")
-            archive = await self.store.open_archive(self._checked_path(body["archive"], "archive"))
+            archive = await self.open_archive(body["archive"])
             model_dir = archive.model_dir
         else:
             model_dir = self._checked_path(body.get("model_dir"), "model_dir", directory=True)
+        name = body.get("name")
+        if name is None and archive is not None:  # TorchServe's rule: the archive's own model name
+            name = archive.manifest["model"].get("modelName")
+        if not isinstance(name, str) or not NAME_PATTERN.match(name):
+            raise ApiError(400, f"name = {name!r}: expected 1-64 letters, digits, '.', '_' or '-'"
+                                + ("" if archive is None else " (the archive's modelName when not given)"), key="name")
         handler = self._resolve_handler(body.get("handler") or (archive and archive.handler), model_dir)
         config, warnings = self._load_deploy_config(body, model_dir, archive)
         workers = body.get("workers")
@@ -242,7 +245,8 @@ class Engine:
         # What the registry snapshot records to deploy this again after a restart.
         source = {"handler": handler if body.get("handler") or not archive else None,
                   "model_dir": None if archive else model_dir, "archive": archive and archive.source,
-                  "config": config.as_yaml_dict(), "install_requirements": install if requirements else None}
+                  "config": config.as_yaml_dict(other_sections=True),
+                  "install_requirements": install if requirements else None}
         return {"name": name, "handler": handler, "model_dir": model_dir or self.root_dir, "config": config,
                 "warnings": (archive.warnings if archive else []) + warnings, "wait": body.get("wait", False),
                 "dry_run": body.get("dry_run", False), "version": version, "workers": workers,
@@ -250,6 +254,10 @@ class Engine:
                 "manifest": archive.manifest if archive else {},
                 "python_path": list(archive.python_path) if archive else [],
                 "source": {k: v for k, v in source.items() if v is not None}}
+
+    async def open_archive(self, value: Any, key: str = "archive"):
+        """Unpack (or reuse) an archive inside the allowed roots; 400/403 naming ``key``."""
+        return await self.store.open_archive(self._checked_path(value, key))
 
     def _load_deploy_config(self, body: dict, model_dir: str | None, archive=None) -> tuple[ModelConfig, list[str]]:
         config, config_file = body.get("config"), body.get("config_file")
@@ -349,7 +357,7 @@ class Engine:
     def _worker_env(self, config: ModelConfig, gpus: list[int], extra_paths=()) -> dict[str, str]:
         env = dict(os.environ)
         package_parent = os.path.dirname(os.path.dirname(os.path.abspath(lmjupyter.__file__)))
-        # extra_paths: the model's own requirements (pip --target), the ts shim for TorchServe archives
+        # extra_paths: the model's own requirements (pip --target)
         env["PYTHONPATH"] = os.pathsep.join(p for p in [package_parent, *extra_paths, env.get("PYTHONPATH", "")] if p)
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
         env["OMP_NUM_THREADS"] = str(config.torchrun.omp_number_threads)
@@ -362,9 +370,10 @@ class Engine:
         config = model.config
         return WorkerSpec(
             model_name=model.name, worker_id=worker_id, handler=model.handler, model_dir=model.model_dir,
-            config=config.as_yaml_dict(), nproc=config.nproc, gpus=gpus,
+            config=config.as_yaml_dict(other_sections=True), nproc=config.nproc, gpus=gpus,
             torchrun_args=self._torchrun_args(config), env=self._worker_env(config, gpus, model.python_path),
-            manifest=model.manifest, spares=self.spares,
+            manifest=model.manifest, spares=self.spares, model_version=model.version,
+            on_metrics=model.metrics.handler_metrics,
             run_dir=self.run_dir, log_dir=self._log_dir(model.name, model.version, worker_id),
             startup_timeout=config.startupTimeout)
 
@@ -386,11 +395,17 @@ class Engine:
                 "plan": {"device_type": config.deviceType, "nproc_per_node": config.nproc, "workers": workers}}
 
     # ---- scale and undeploy -----------------------------------------------------------------
-    async def scale(self, name: str, body: Any, version: str | None = None) -> dict:
+    async def scale(self, name: str, body: Any, version: str | None = None,
+                    bounds: tuple[int, int] | None = None) -> dict:
+        """Start or retire worker groups; ``bounds`` (TorchServe's scale) also sets minWorkers..maxWorkers."""
         model = self.model(name, version)
         count = body.get("workers") if isinstance(body, dict) else None
         if not isinstance(count, int) or isinstance(count, bool):
             raise ApiError(400, 'scale body must be {"workers": N} with an integer N', key="workers")
+        if bounds is not None and model.state == ModelState.READY:
+            model.config = model.config.model_copy(update={"minWorkers": bounds[0], "maxWorkers": bounds[1]})
+            if model.source:
+                model.source["config"] = model.config.as_yaml_dict(other_sections=True)
         low, high = model.config.minWorkers, model.config.maxWorkers
         if not low <= count <= high:
             raise ApiError(400, f"workers = {count}: expected {low}..{high} (minWorkers..maxWorkers)", key="workers")

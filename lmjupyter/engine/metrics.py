@@ -2,10 +2,17 @@
 
 Each engine has its own CollectorRegistry, so several servers in one process
 (tests, a notebook) never collide. Recording is a few dict look-ups per request.
+Handlers' own metrics (TorchServe's ``context.metrics``) arrive from the ranks as
+updates and become metrics of their own name, labelled by their dimensions.
 """
 from __future__ import annotations
 
+import logging
+import re
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+log = logging.getLogger("lmjupyter")
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -44,6 +51,7 @@ class EngineMetrics:
         self.tokens = Counter("lmjupyter_generated_tokens", "Tokens generated", ["model"], registry=self.registry)
         self.cancelled = Counter("lmjupyter_cancelled_requests", "Requests cancelled by their client while a "
                                  "worker held them", ["model"], registry=self.registry)
+        self._handler_metrics: dict[str, tuple] = {}  # name -> (type, label names, metric or None if refused)
 
     def for_model(self, name: str) -> "ModelMetrics":
         return ModelMetrics(self, name)
@@ -56,6 +64,34 @@ class EngineMetrics:
                 metric.remove(name)
             except KeyError:
                 pass
+
+    def handler_metric(self, update: tuple) -> None:
+        """Record one ``(name, type, unit, dimension names, dimension values, value)`` from a handler."""
+        name, kind, unit, dimension_names, dimension_values, value = update
+        entry = self._handler_metrics.get(name)
+        if entry is None:
+            entry = self._handler_metrics[name] = (kind, dimension_names, self._new_handler_metric(
+                name, kind, unit, dimension_names))
+        if entry[2] is None or entry[0] != kind or entry[1] != dimension_names:
+            return  # refused at its first use (logged then), or used with another type or dimensions
+        metric = entry[2].labels(*dimension_values) if dimension_names else entry[2]
+        if kind == "counter":
+            if value >= 0:
+                metric.inc(value)
+        elif kind == "histogram":
+            metric.observe(value)
+        else:
+            metric.set(value)
+
+    def _new_handler_metric(self, name: str, kind: str, unit: str, dimension_names: tuple):
+        metric_type = {"counter": Counter, "histogram": Histogram}.get(kind, Gauge)
+        labels = [re.sub(r"[^A-Za-z0-9_]", "_", d) for d in dimension_names]
+        try:
+            return metric_type(_prometheus_name(name), f"handler metric {name} ({unit or 'no unit'})", labels,
+                               registry=self.registry)
+        except ValueError as exc:  # a clash with another metric's name, or a reserved label name
+            log.warning("handler metric %r is not exported to Prometheus: %s", name, exc)
+            return None
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -103,6 +139,14 @@ class ModelMetrics:
     def queue_depth(self, depth: int) -> None:
         self._queue.set(depth)
 
+    def handler_metrics(self, updates: list) -> None:
+        """Metrics a handler recorded during a batch (``("metrics", updates)`` from its answering rank)."""
+        for update in updates:
+            try:
+                self._engine.handler_metric(update)
+            except (TypeError, ValueError) as exc:  # a malformed update must not disturb serving
+                log.warning("model %s: handler metric %r ignored: %s", self._name, update[:1], exc)
+
     def restart(self) -> None:
         self._restarts.inc()
         self.restarts_total += 1
@@ -142,3 +186,9 @@ class ModelMetrics:
                 "worker_restarts": self.restarts_total,
                 **({"generated_tokens": self.generated_total, "peak_running": self.peak_running,
                     "cancelled": self.cancelled_total} if self.sequence_source is not None and self.generated_total else {})}
+
+
+def _prometheus_name(name: str) -> str:
+    """A valid Prometheus metric name: other characters become ``_``, a leading digit gets one."""
+    clean = re.sub(r"[^A-Za-z0-9_:]", "_", str(name))
+    return clean if re.match(r"[A-Za-z_:]", clean) else "_" + clean

@@ -47,6 +47,7 @@ class ServedModel:
         self.warnings: list[str] = []
         self.manifest: dict = {}           # ctx.manifest (an archive's manifest)
         self.python_path: list[str] = []   # put first on the ranks' PYTHONPATH (per-model requirements)
+        self.request_meta = False          # its handler wants each request's headers (TorchServe-style)
         self.source: dict = {}             # what the registry snapshot records to deploy it again
         self.target = config.minWorkers
         self.workers: dict[int, WorkerGroup] = {}
@@ -65,7 +66,7 @@ class ServedModel:
         metrics.sequence_source = self.sequence_counts
 
     # ---- requests ---------------------------------------------------------------------------
-    def submit(self, payload: bytes, content_type: str, stream: bool = False) -> PendingRequest:
+    def submit(self, payload: bytes, content_type: str, stream: bool = False, meta: dict | None = None) -> PendingRequest:
         """Queue one request or refuse it at once (503) when it could not be served."""
         if self.state in (ModelState.FAILED, ModelState.STOPPING):
             reason = f": {self.error['message']}" if self.error else ""
@@ -77,7 +78,7 @@ class ServedModel:
                                      f"({self.config.jobQueueSize} waiting, jobQueueSize)")
         loop = asyncio.get_running_loop()
         request = PendingRequest(payload, content_type, loop.create_future(),
-                                 asyncio.Queue() if stream else None)
+                                 asyncio.Queue() if stream else None, meta)
         self._queue.append(request)
         if self._last_batch > 1 and self._idle and not self.config.useJobTicket:
             if not self._pump_soon:
@@ -163,6 +164,7 @@ class ServedModel:
         if self.state == ModelState.STOPPING or self.workers.get(worker_id) is not worker:
             await worker.stop()
             return worker
+        self.request_meta = self.request_meta or worker.handler_info.get("request_rows") == "torchserve"
         if worker.slots:
             worker.requests.metrics = self.metrics
             self._slotted.append(worker)

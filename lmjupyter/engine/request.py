@@ -6,7 +6,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-# An answer as the HTTP layer sends it: (status, content type, body).
+# An answer as the HTTP layer sends it: (status, content type, body); a TorchServe-style
+# handler's may carry a fourth item (lmjupyter.ipc), which lmjupyter's own routes ignore.
 Answer = tuple[int, str, bytes]
 END_OF_STREAM = None  # put on a streaming request's queue after its final answer
 
@@ -26,6 +27,7 @@ class PendingRequest:
     content_type: str
     future: asyncio.Future
     partials: asyncio.Queue | None = None  # set when the client streams
+    meta: dict | None = None  # the request's id and headers, for TorchServe-style handlers
     started: float = field(default_factory=time.perf_counter)
     first_partial: float = 0.0             # perf_counter of the first partial (time to first token)
     last_partial: float = 0.0

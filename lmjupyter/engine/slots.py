@@ -41,7 +41,8 @@ class SlotRequests:
         rid = self._next_id
         self.held[rid] = request
         request.on_cancel = lambda _request, rid=rid: self._cancel(rid)
-        self.group.send_to_leader(("add", rid, request.payload, request.content_type, request.partials is not None))
+        self.group.send_to_leader(("add", rid, request.payload, request.content_type, request.partials is not None,
+                                   request.meta))
         self.group.state = WorkerState.BUSY
         if len(self.held) == 1:
             self._progress = asyncio.get_running_loop().time()

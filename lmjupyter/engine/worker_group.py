@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import lmjupyter
 from lmjupyter import ipc
 from lmjupyter.engine.request import PendingRequest, RequestFailed
 from lmjupyter.engine.slots import SlotRequests
@@ -53,6 +54,8 @@ class WorkerSpec:
     manifest: dict = field(default_factory=dict)
     spares: Any = field(default=None, repr=False, compare=False)  # the engine's SparePool, if any
     spare: bool = False    # this group is a warm spare: ranks import torch, then wait for a spec
+    model_version: str = ""
+    on_metrics: Callable[[list], None] | None = field(default=None, repr=False, compare=False)  # handler metrics
 
     @property
     def devices(self) -> str:
@@ -118,6 +121,7 @@ class WorkerGroup:
         self.state = WorkerState.STARTING
         self.ranks: dict[int, RankLink] = {}
         self.output_rank = 0
+        self.handler_info: dict = {}  # what the ranks said of their handler when ready
         self.process: asyncio.subprocess.Process | None = None
         self.batch: list[PendingRequest] | None = None
         self.started_at = time.monotonic()
@@ -180,6 +184,7 @@ class WorkerGroup:
         spec = self.spec
         return {"model_name": spec.model_name, "handler": spec.handler, "model_dir": spec.model_dir,
                 "config": spec.config, "log_dir": spec.log_dir, "manifest": spec.manifest,
+                "model_version": spec.model_version, "server_version": lmjupyter.__version__,
                 "startup_timeout": spec.startup_timeout,
                 "response_timeout": spec.config.get("responseTimeout", 120)}
 
@@ -259,10 +264,12 @@ class WorkerGroup:
         elif kind == "ready":
             link.state = "ready"
             self.output_rank = message[2]
-            if len(message) > 3:
-                self.slots = int(message[3].get("slots", 0))
+            self.handler_info = message[3] if len(message) > 3 else {}
+            self.slots = int(self.handler_info.get("slots", 0))
             if len(self.ranks) == self.spec.nproc and all(r.state == "ready" for r in self.ranks.values()):
                 _resolve(self._ready, None)
+        elif kind == "metrics" and self.spec.on_metrics is not None:
+            self.spec.on_metrics(message[1])
         elif kind == "spare_ready" and self.spec.spare:
             link.state = "spare"
             if len(self.ranks) == self.spec.nproc and all(r.state == "spare" for r in self.ranks.values()):
@@ -287,7 +294,7 @@ class WorkerGroup:
         self.batch = batch
         self._batch_id += 1
         self.state = WorkerState.BUSY
-        frame = ipc.pack(("batch", self._batch_id, [(r.payload, r.content_type) for r in batch]))
+        frame = ipc.pack(("batch", self._batch_id, [(r.payload, r.content_type, r.meta) for r in batch]))
         for link in self.ranks.values():
             link.writer.write(frame)
         # One lazily re-armed timer instead of a TimerHandle created and cancelled per batch.

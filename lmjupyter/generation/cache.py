@@ -1,6 +1,7 @@
 """The KV cache: one row (slot) per running sequence, allocated once when the worker starts.
 
-``k[layer]`` and ``v[layer]`` are ``[slots, kv_heads, max_len, head_dim]``. A
+``k[layer]`` and ``v[layer]`` are ``[slots + 1, kv_heads, max_len, head_dim]``: the last
+row (``scratch``) takes the writes of padding tokens and is never read as a sequence. A
 sequence keeps its slot from admission to retirement and writes position ``p`` of
 its row; nothing is moved or re-padded when others join or leave. Positions past
 a sequence's length may hold stale values: attention only ever reads positions
@@ -18,8 +19,9 @@ class CacheTooLarge(RuntimeError):
 class SlotCache:
     def __init__(self, layers: int, slots: int, kv_heads: int, max_len: int, head_dim: int, dtype, device):
         self.slots, self.max_len, self.dtype = slots, max_len, dtype
-        shape = (slots, kv_heads, max_len, head_dim)
-        need = 2 * layers * slots * kv_heads * max_len * head_dim * torch.empty((), dtype=dtype).element_size()
+        self.scratch = slots
+        shape = (slots + 1, kv_heads, max_len, head_dim)
+        need = 2 * layers * (slots + 1) * kv_heads * max_len * head_dim * torch.empty((), dtype=dtype).element_size()
         try:
             self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
             self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]

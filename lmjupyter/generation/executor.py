@@ -15,10 +15,12 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from lmjupyter.generation.graphs import DecodeGraphs
+from lmjupyter.generation.graphs import BucketGraphs
 from lmjupyter.generation.model import CompactDecoder
 from lmjupyter.generation.plan import Chunk, StepPlan
 from lmjupyter.generation.sampler import BatchSampling, logprobs_of, sample
+from lmjupyter.generation.scheduler import bucket
+from lmjupyter.generation.staging import Staging
 
 
 @dataclass
@@ -84,26 +86,33 @@ class HostBuffers:
 
 class StepExecutor:
     def __init__(self, model: CompactDecoder, place: GroupPlace, device, slots: int, hidden: int, dtype,
-                 graphs: bool = False, compile: bool = False, slot_settings=None):
+                 graphs: bool = False, slot_settings=None):
         self.model, self.place = model, place
         self.device, self.slots, self.hidden, self.dtype = torch.device(device), slots, hidden, dtype
         self.last_token = torch.zeros(slots, dtype=torch.long, device=self.device)
         self.position = torch.zeros(slots, dtype=torch.long, device=self.device)
         self.slot_settings = slot_settings if slot_settings is not None else {}
-        forward = self._decode_forward
-        if compile:   # inductor fuses the small kernels of a block; one compile, dynamic in rows and length
-            forward = torch.compile(forward, dynamic=True)
-        self.forward = forward
-        self.graphs = DecodeGraphs(forward) if graphs else None
+        self.forward = self._decode_forward
+        self.graphs = self.prefill_graphs = None
+        if graphs:
+            self._new_graphs()
+        self._prefill_buffers: dict[tuple[int, int], list[torch.Tensor]] = {}
+        self.staging = Staging(self.device)
         self.last_plan: StepPlan | None = None
         self._sampling: tuple | None = None  # (request ids of the decode rows, their BatchSampling)
         self._active: tuple | None = None    # ((rows, active slots), device mask)
         self.host_buffers = HostBuffers(slots) if self.device.type == "cuda" and place.is_decider else None
 
+    def _new_graphs(self) -> None:
+        self.graphs = BucketGraphs(self._decode_forward)
+        self.prefill_graphs = BucketGraphs(self._prefill_forward) if self.model.place.first else None
+
     # ---- one step --------------------------------------------------------------------------
     def run(self, plan: StepPlan, logprobs: int | None = None) -> StepOutput | None:
         """Execute ``plan``; ``logprobs`` (decider) is the most alternatives any row asked for, or None."""
         self.last_plan = plan
+        if self.model.regions.switch_if_ready():   # compiled regions: recapture the graphs with them
+            self._new_graphs()
         out = StepOutput() if self.place.is_decider else None
         first = self._prefill(plan.chunks, out, logprobs) if plan.chunks else None
         decoded = self._decode(plan, out, logprobs) if plan.active else None
@@ -116,49 +125,77 @@ class StepExecutor:
     def _prefill(self, chunks: list[Chunk], out, logprobs) -> torch.Tensor | None:
         """All chunks' prompts into the cache, in groups that waste at most half their work on padding;
         on the decider, the first token of each prompt that ends here (in plan order)."""
+        sampled = [c for c in chunks if c.sample]
+        slots, ends, steps = self.staging.put([c.slot for c in chunks], [c.start + len(c.tokens) for c in chunks],
+                                              [c.start + len(c.tokens) for c in sampled])
         picked_logits, picked = [], []
         for group in _padding_groups(chunks):
             logits = self._prefill_group(group)
             picks = [i for i, c in enumerate(group) if c.sample]
             if logits is not None and picks:
-                picked_logits.append(logits[picks])
+                picked_logits.append(logits[picks])   # a copy: a graph's output is reused by its next replay
                 picked += [group[i] for i in picks]
-        slots = torch.tensor([c.slot for c in chunks], device=self.device)
-        ends = torch.tensor([c.start + len(c.tokens) for c in chunks], device=self.device)
         self.position.index_copy_(0, slots, ends)  # before the decode step writes at these positions
-        sampled = [c for c in chunks if c.sample]
         if not self.place.is_decider or not sampled:
             return None
         where = {id(c): i for i, c in enumerate(picked)}
-        logits = torch.cat(picked_logits)[torch.tensor([where[id(c)] for c in sampled], device=self.device)]
-        steps = torch.tensor([c.start + len(c.tokens) for c in sampled], device=self.device)
+        logits = torch.cat(picked_logits)
+        if [where[id(c)] for c in sampled] != list(range(len(sampled))):
+            logits = logits[[where[id(c)] for c in sampled]]
         tokens = sample(logits, self._settings([c.slot for c in sampled]), steps)
         if logprobs is not None:
             out.logprobs["first"] = logprobs_of(logits, tokens, logprobs)
         return tokens
 
     def _prefill_group(self, group: list[Chunk]) -> torch.Tensor | None:
-        n, width = len(group), max(len(c.tokens) for c in group)
-        ids = torch.zeros((n, width), dtype=torch.long)
-        pos = torch.zeros((n, width), dtype=torch.long)
-        rows, cols = [], []
+        """One padded prefill call: rows and width rounded up to buckets, padding into the scratch row."""
+        scratch, max_len = self.model.cache.scratch, self.model.cache.max_len
+        n = bucket(len(group), self.slots)
+        width = bucket(max(len(c.tokens) for c in group), max_len, 16)
+        length = bucket(max(c.start + len(c.tokens) for c in group), max_len, 16)
+        ids, pos, write_slots, write_pos = ([0] * (n * width) for _ in range(4))
+        slots, last = [scratch] * n, [0] * n
         for r, c in enumerate(group):
             count = len(c.tokens)
-            ids[r, :count] = torch.tensor(c.tokens)
-            pos[r] = torch.arange(width).clamp(max=count - 1) + c.start
-            rows += [r] * count
-            cols += range(count)
-        length = max(c.start + len(c.tokens) for c in group)
-        to = self.device
-        slots = torch.tensor([c.slot for c in group], device=to)
-        last_cols = torch.tensor([len(c.tokens) - 1 for c in group], device=to)
-        x = ids.to(to) if self.model.place.first else self._receive((n, width, self.hidden))
-        result = self.model.prefill(x, slots, pos.to(to), torch.tensor(rows, device=to), torch.tensor(cols, device=to),
-                                    length, last_cols)
+            slots[r], last[r] = c.slot, count - 1
+            for t in range(width):
+                i = r * width + t
+                pos[i] = c.start + min(t, count - 1)     # padding repeats the last real position
+                if t < count:
+                    ids[i], write_slots[i], write_pos[i] = c.tokens[t], c.slot, c.start + t
+                else:
+                    write_slots[i] = scratch
+        for i in range(len(group) * width, n * width):
+            write_slots[i] = scratch
+        staged = self.staging.put(ids, pos, write_slots, write_pos, slots, last)
+        inputs = self._prefill_inputs(n, width)
+        for buffer, values in zip(inputs, staged):
+            buffer.copy_(values.view(buffer.shape))
+        if not self.model.place.first:
+            inputs[0] = self._receive((n, width, self.hidden))
+            result = self._prefill_forward(n, width, length, x=inputs[0])
+        elif self.prefill_graphs is not None:
+            result = self.prefill_graphs.run(n, width, length)
+        else:
+            result = self._prefill_forward(n, width, length)
         if not self.model.place.last:
             self._send(result)
             return None
         return result
+
+    def _prefill_inputs(self, n: int, width: int) -> list[torch.Tensor]:
+        """The fixed input buffers of a prefill bucket: ids, pos, write slots, write positions [n, width];
+        slots, last columns [n]."""
+        key = (n, width)
+        if key not in self._prefill_buffers:
+            grid = lambda: torch.zeros((n, width), dtype=torch.long, device=self.device)  # noqa: E731
+            row = lambda: torch.zeros(n, dtype=torch.long, device=self.device)  # noqa: E731
+            self._prefill_buffers[key] = [grid(), grid(), grid(), grid(), row(), row()]
+        return list(self._prefill_buffers[key])
+
+    def _prefill_forward(self, n: int, width: int, length: int, x: torch.Tensor | None = None):
+        ids, pos, write_slots, write_pos, slots, last = self._prefill_buffers[(n, width)]
+        return self.model.prefill(ids if x is None else x, slots, pos, write_slots, write_pos, length, last)
 
     # ---- decode ------------------------------------------------------------------------------
     def _decode_forward(self, rows: int, length: int):
@@ -209,7 +246,7 @@ class StepExecutor:
             first = buffer[:len(sampled)] if sampled else None
             decoded = buffer[len(sampled):] if plan.active else None
         if sampled:
-            self.last_token.index_copy_(0, torch.tensor(sampled, device=self.device), first)
+            self.last_token.index_copy_(0, self.staging.put(sampled)[0], first)
         if plan.active:
             rows = plan.rows
             active = self._active_mask(plan)
@@ -221,9 +258,9 @@ class StepExecutor:
         copy to the device every step would make the host wait for the step it just launched."""
         key = (plan.rows, tuple(plan.active))
         if self._active is None or self._active[0] != key:
-            mask = torch.zeros(plan.rows, dtype=torch.bool)
-            mask[plan.active] = True
-            self._active = (key, mask.to(self.device))
+            active = set(plan.active)
+            mask = self.staging.put([int(r in active) for r in range(plan.rows)])[0]
+            self._active = (key, mask.bool())
         return self._active[1]
 
     def _send(self, tensor: torch.Tensor) -> None:

@@ -9,8 +9,10 @@ each rank a contiguous slice of the layers, pptp both. Settings (``handler:``):
   model's ``max_position_embeddings``, at most 2048);
 * ``prefill_chunk`` — prompt tokens prefilled per step (default 512);
 * ``cuda_graphs`` — one CUDA graph per decode bucket (default: on for one GPU rank);
-* ``compile`` — fuse the decode step with ``torch.compile`` (inductor) first (default off:
-  it adds its compile time to the start).
+* ``compile`` — fuse the elementwise regions of each block (lmjupyter.generation.fused)
+  with ``torch.compile``: ``background`` (the default for one rank on a GPU: serve at
+  once, switch when a thread has compiled them), ``true`` (compiled before the first
+  step: the first request waits), ``false`` (the default elsewhere).
 
 ``batchSize`` is the number of slots: sequences decoded together.
 """
@@ -23,6 +25,7 @@ import torch
 
 from lmjupyter.generation.cache import SlotCache
 from lmjupyter.generation.executor import GroupPlace, StepExecutor
+from lmjupyter.generation.fused import Regions
 from lmjupyter.generation.leader import Leader, PlanChannel, follow
 from lmjupyter.generation.model import CompactDecoder, StagePlace, rotary_tables
 from lmjupyter.generation.scheduler import Scheduler
@@ -54,7 +57,7 @@ def _int_setting(hcfg: dict, key: str, default: int, low: int = 1) -> int:
 
 def build_generation(ctx, config, spec: DecoderSpec, tokenizer, eos_ids: set[int], *, pp: int, tp: int, dtype,
                      default_max_new_tokens: int, max_length: int | None, graphs: bool,
-                     compile: bool = False) -> Generation:
+                     compile: str = "off") -> Generation:
     from lmjupyter.handlers.parallel.dist import make_layout
     from lmjupyter.handlers.parallel.sharded import split_layers
 
@@ -78,12 +81,14 @@ def build_generation(ctx, config, spec: DecoderSpec, tokenizer, eos_ids: set[int
     cache = SlotCache(stop - start, slots, spec.kv_heads // tp, max_len, spec.head_dim, dtype, device)
     rotary = rotary_tables(config, spec, max_len, device, dtype) if spec.llama_like else None
     model = CompactDecoder(spec, weights, StagePlace((start, stop), first, last, tp, layout.tp_index, tp_group),
-                           cache, rotary)
+                           cache, rotary, Regions(compile))
     rank, world = ctx.rank, ctx.world_size
     decider = layout.decider_rank
     place = GroupPlace(world=world, rank=rank, decider=decider,
                        prev=rank - tp if not first else None, next=rank + tp if not last else None)
-    executor = StepExecutor(model, place, device, slots, spec.hidden, dtype, graphs=graphs, compile=compile)
+    executor = StepExecutor(model, place, device, slots, spec.hidden, dtype, graphs=graphs)
+    if compile == "background":
+        model.regions.compile_in_background(model.region_examples)
     plans = PlanChannel(world, decider, slots, prefill_chunk)
     leader = None
     if rank == decider:

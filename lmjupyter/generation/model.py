@@ -1,7 +1,9 @@
 """A compact decoder over the slot KV cache: one stage of layers (all of them for one rank).
 
 Plain PyTorch, gpt-fast style: every block is two fused matmuls in, two out, and
-the attention, so that what a decode step does can be read here in one sitting.
+the attention, so that what a decode step does can be read here in one sitting;
+the elementwise work between them sits in :mod:`lmjupyter.generation.fused`, which
+``handler.compile`` turns into single kernels.
 Hugging Face's modelling code stays the reference: tests compare greedy tokens
 with ``generate`` (fp32) and logits within a tolerance (bf16).
 
@@ -12,8 +14,9 @@ Two kinds of call share the blocks:
   key/values are written at each row's position and attention reads the first
   ``length`` positions of the rows' own cache, masked by position. No gathers, no
   host values: the call can be captured in a CUDA graph per (rows, length).
-* **prefill** — ``T`` prompt tokens for each of a few slots (padded), written at
-  their positions; attention reads those slots' cache up to ``length``.
+* **prefill** — ``T`` prompt tokens for each of ``n`` slots (padded; padding writes
+  into a scratch row of the cache), written at their positions; attention reads
+  those slots' cache up to ``length``. Fixed shapes per (n, T, length): capturable too.
 
 With tensor parallelism each rank holds ``heads / tp`` heads and ``1/tp`` of the
 MLP; the block all-reduces after its attention and MLP outputs (``tp_group``).
@@ -26,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from lmjupyter.generation.cache import SlotCache
+from lmjupyter.generation.fused import Regions
 from lmjupyter.generation.spec import DecoderSpec
 from lmjupyter.generation.weights import StageWeights
 
@@ -55,15 +59,11 @@ def rotary_tables(config, spec: DecoderSpec, length: int, device, dtype):
             (angles.sin() * scale).to(device=device, dtype=dtype))
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
 class CompactDecoder:
     def __init__(self, spec: DecoderSpec, weights: StageWeights, place: StagePlace, cache: SlotCache,
-                 rotary: tuple[torch.Tensor, torch.Tensor] | None):
+                 rotary: tuple[torch.Tensor, torch.Tensor] | None, regions: Regions | None = None):
         self.spec, self.w, self.place, self.cache = spec, weights, place, cache
+        self.regions = regions or Regions()
         self.cos, self.sin = rotary if rotary is not None else (None, None)
         tp = place.tp
         self.q_heads, self.kv_heads = spec.heads // tp, spec.kv_heads // tp
@@ -97,7 +97,7 @@ class CompactDecoder:
             q = q.reshape(rows * self.kv_heads, self.group, d)
             keys = kc[:rows, :, :length].reshape(rows * self.kv_heads, length, d)   # a view: no copy
             scores = torch.baddbmm(addend, q, keys.transpose(1, 2), alpha=self.scales[layer])
-            probs = torch.softmax(scores, -1, dtype=torch.float32).to(q.dtype)
+            probs = torch.softmax(scores, -1)   # one kernel; accumulates in float32 for bf16
             out = torch.bmm(probs, vc[:rows, :, :length].reshape(rows * self.kv_heads, length, d))
             return out.reshape(rows, 1, self.q_size)
 
@@ -106,19 +106,21 @@ class CompactDecoder:
         return self._project(hidden[:, 0]) if self.place.last else hidden
 
     @torch.no_grad()
-    def prefill(self, x: torch.Tensor, slots: torch.Tensor, pos: torch.Tensor, write_rows: torch.Tensor,
-                write_cols: torch.Tensor, length: int, last_cols: torch.Tensor | None) -> torch.Tensor:
-        """x: ids [n, T] or hidden [n, T, H]; slots [n]; pos [n, T] (padding repeats a valid position);
-        ``write_rows/cols`` index the real tokens; ``last_cols`` [n] picks each row's position for logits."""
+    def prefill(self, x: torch.Tensor, slots: torch.Tensor, pos: torch.Tensor, write_slots: torch.Tensor,
+                write_pos: torch.Tensor, length: int, last_cols: torch.Tensor) -> torch.Tensor:
+        """x: ids [n, T] or hidden [n, T, H]; slots [n]; pos [n, T]; every token writes its key/value
+        at (write_slots, write_pos) [n, T] — padding writes into the cache's scratch row — so that the
+        call has fixed shapes per (n, T, length) and can be captured; ``last_cols`` [n] picks each
+        row's position for the logits. Attention reads the rows' slots up to ``length``."""
         n, width = pos.shape
         keys = torch.arange(length, device=pos.device)
         visible = keys[None, None, :] <= pos[:, :, None]                  # [n, T, length]
-        write_slots, write_pos = slots[write_rows], pos[write_rows, write_cols]
+        flat_slots, flat_pos = write_slots.reshape(-1), write_pos.reshape(-1)
 
         def attend(layer: int, q, k, v):
             kc, vc = self.cache.k[layer], self.cache.v[layer]
-            kc[write_slots, :, write_pos] = k[write_rows, write_cols]
-            vc[write_slots, :, write_pos] = v[write_rows, write_cols]
+            kc[flat_slots, :, flat_pos] = k.reshape(n * width, self.kv_heads, self.spec.head_dim)
+            vc[flat_slots, :, flat_pos] = v.reshape(n * width, self.kv_heads, self.spec.head_dim)
             out = F.scaled_dot_product_attention(
                 q.transpose(1, 2), kc[slots, :, :length], vc[slots, :, :length], attn_mask=visible[:, None],
                 scale=self.scales[layer], enable_gqa=self.group > 1)
@@ -129,6 +131,23 @@ class CompactDecoder:
         if not self.place.last:
             return hidden
         return self._project(hidden[torch.arange(n, device=pos.device), last_cols])
+
+    def region_examples(self):
+        """Dummy inputs of every region, at each size class dynamo tells apart (1 or more rows and
+        tokens), for compiling the regions ahead of use; (region index, args) pairs."""
+        spec, dtype, device = self.spec, self.cache.dtype, self.cache.k[0].device
+        w = self.w.layers[0]
+        qkv_width = (self.q_heads + 2 * self.kv_heads) * spec.head_dim
+        for n, width in ((1, 1), (2, 1), (1, 16), (2, 16)):
+            def zeros(*shape):
+                return torch.zeros((n, width, *shape), dtype=dtype, device=device)
+
+            rot = (zeros(1, spec.head_dim), zeros(1, spec.head_dim)) if self.cos is not None else (None, None)
+            yield 0, (zeros(qkv_width), *rot, self.q_heads, self.kv_heads, spec.head_dim)
+            for bias in {id(w.o_bias): w.o_bias, id(w.down_bias): w.down_bias}.values():
+                yield 1, (zeros(spec.hidden), zeros(spec.hidden), bias, w.norm2, w.norm2_bias, spec.norm_eps,
+                          spec.llama_like)
+            yield 2, (zeros(w.up.shape[0]), spec.llama_like)
 
     # ---- the pieces ------------------------------------------------------------------------
     def _embed(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -145,44 +164,29 @@ class CompactDecoder:
         return hidden
 
     def _blocks(self, hidden: torch.Tensor, positions: torch.Tensor, attend) -> torch.Tensor:
-        rotary = None
+        """The stage's layers; each residual add is fused with the norm that follows it."""
+        fx, spec = self.regions, self.spec
+        cos = sin = None
         if self.cos is not None:
-            rotary = self.cos[positions][:, :, None, :], self.sin[positions][:, :, None, :]
-        for i, layer in enumerate(self.w.layers):
-            hidden = self._block(i, layer, hidden, rotary, attend)
+            cos, sin = self.cos[positions][:, :, None, :], self.sin[positions][:, :, None, :]
+        layers = self.w.layers
+        h = fx.norm(hidden, layers[0].norm1, layers[0].norm1_bias, spec.norm_eps, spec.llama_like)
+        for i, w in enumerate(layers):
+            q, k, v = fx.split_rotate(F.linear(h, w.qkv, w.qkv_bias), cos, sin,
+                                      self.q_heads, self.kv_heads, spec.head_dim)
+            out = self._reduce(F.linear(attend(i, q, k, v), w.o))
+            hidden, h = fx.add_norm(hidden, out, w.o_bias, w.norm2, w.norm2_bias, spec.norm_eps, spec.llama_like)
+            out = self._reduce(F.linear(fx.activate(F.linear(h, w.up, w.up_bias), spec.llama_like), w.down))
+            if i + 1 < len(layers):
+                nxt = layers[i + 1]
+                hidden, h = fx.add_norm(hidden, out, w.down_bias, nxt.norm1, nxt.norm1_bias, spec.norm_eps,
+                                        spec.llama_like)
+            else:
+                hidden = hidden + out if w.down_bias is None else hidden + out + w.down_bias
         return hidden
 
-    def _block(self, i: int, w, hidden, rotary, attend):
-        n, width = hidden.shape[:2]
-        d = self.spec.head_dim
-        h = self._norm(hidden, w.norm1, w.norm1_bias)
-        qkv = F.linear(h, w.qkv, w.qkv_bias)
-        qk, v = qkv.split([self.q_size + self.kv_size, self.kv_size], dim=-1)
-        qk = qk.view(n, width, self.q_heads + self.kv_heads, d)
-        if rotary is not None:   # q and k heads side by side: one rotation for both
-            cos, sin = rotary
-            qk = qk * cos + _rotate_half(qk) * sin
-        q, k = qk.split([self.q_heads, self.kv_heads], dim=2)
-        v = v.view(n, width, self.kv_heads, d)
-        out = self._reduce(F.linear(attend(i, q, k, v), w.o))
-        if w.o_bias is not None:
-            out = out + w.o_bias
-        hidden = hidden + out
-        h = self._norm(hidden, w.norm2, w.norm2_bias)
-        if self.spec.llama_like:
-            gate, up = F.linear(h, w.up).chunk(2, dim=-1)
-            h = F.silu(gate) * up
-        else:
-            h = F.gelu(F.linear(h, w.up, w.up_bias), approximate="tanh")
-        out = self._reduce(F.linear(h, w.down))
-        if w.down_bias is not None:
-            out = out + w.down_bias
-        return hidden + out
-
     def _norm(self, x, weight, bias):
-        if self.spec.llama_like:  # one fused kernel where Hugging Face's RMSNorm runs six
-            return F.rms_norm(x, (x.shape[-1],), weight, self.spec.norm_eps)
-        return F.layer_norm(x, (x.shape[-1],), weight, bias, self.spec.norm_eps)
+        return self.regions.norm(x, weight, bias, self.spec.norm_eps, self.spec.llama_like)
 
     def _reduce(self, x: torch.Tensor) -> torch.Tensor:
         if self.place.tp > 1:

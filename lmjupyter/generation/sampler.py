@@ -60,10 +60,10 @@ def uniforms(keys: torch.Tensor, steps: torch.Tensor, vocab: int) -> torch.Tenso
 class BatchSampling:
     """Per-row settings of the rows being sampled, as device tensors (built when the rows change)."""
 
-    temperature: torch.Tensor   # float32 [rows]; 0 for greedy rows
-    top_p: torch.Tensor         # float32 [rows]
-    top_k: torch.Tensor         # int64 [rows]; 0: off
-    keys: torch.Tensor          # int64 [rows]
+    temperature: torch.Tensor | None   # float32 [rows]; 0 for greedy rows (None: every row greedy)
+    top_p: torch.Tensor | None         # float32 [rows]
+    top_k: torch.Tensor | None         # int64 [rows]; 0: off
+    keys: torch.Tensor | None          # int64 [rows]
     any_sampled: bool
     any_filtered: bool          # some row has top_p < 1 or top_k > 0
 
@@ -73,6 +73,8 @@ class BatchSampling:
         top_p = [p.top_p if p is not None else 1.0 for p in params]
         top_k = [p.top_k if p is not None else 0 for p in params]
         sampled = [t > 0 for t in temperature]
+        if not any(sampled):   # greedy rows need no tensors (and no copy to the device)
+            return cls(None, None, None, None, False, False)
         return cls(torch.tensor(temperature, dtype=torch.float32, device=device),
                    torch.tensor(top_p, dtype=torch.float32, device=device),
                    torch.tensor(top_k, dtype=torch.int64, device=device),

@@ -67,8 +67,8 @@ class LMServe(ExtensionApp):
                       self.serverapp.base_url, gpus or "none", ", ".join(self.engine.allowed_roots))
 
     def initialize_handlers(self) -> None:
-        # ExtensionApp joins each pattern with the server's base_url.
-        self.handlers.extend(route_table("/", LMServeHandler, wrap=protect))
+        # ExtensionApp joins each pattern with the server's base_url; TorchServe's paths go under lmserve/.
+        self.handlers.extend(route_table("/", LMServeHandler, wrap=protect, torchserve_prefix="lmserve/"))
         # Plain predict calls with the server's token skip the handlers (fast_predict.py says when).
         fast_predict.install(self.serverapp, self.engine, self.kernel_token)
 

@@ -4,7 +4,8 @@ Security, in one place:
 
 - every verb is ``@tornado.web.authenticated`` and ``@authorized`` against the
   ``lmserve`` resource (read for GET, write for deploy/scale/undeploy,
-  execute for predict), so custom Jupyter authorizers can restrict it;
+  execute for predict, TorchServe's ``/predictions`` too), so custom Jupyter
+  authorizers can restrict it;
 - the mixins' ``check_xsrf_cookie`` is a no-op made for the token-only
   standalone server. Here Jupyter's own check is put back: token-authenticated
   calls (kernels, scripts) skip XSRF as Jupyter does for its own API, while a
@@ -22,8 +23,6 @@ import tornado.web
 from jupyter_server.auth import authorized
 from jupyter_server.auth.identity import User
 from jupyter_server.base.handlers import APIHandler, JupyterHandler
-
-from lmjupyter.server.api import PredictHandler
 
 AUTH_RESOURCE = "lmserve"
 VERBS = ("get", "post", "put", "delete", "patch", "head")
@@ -66,7 +65,6 @@ def protect(cls: type) -> type:
         method = getattr(cls, verb, None)
         if method is None or method is getattr(tornado.web.RequestHandler, verb):
             continue
-        executes = issubclass(cls, PredictHandler) or getattr(cls, "executes", False)  # predict, OpenAI's /v1
-        action = "execute" if verb == "post" and executes else None
+        action = "execute" if verb in getattr(cls, "execute_verbs", ()) else None  # predict routes
         namespace[verb] = tornado.web.authenticated(authorized(action, resource=AUTH_RESOURCE)(method))
     return type(cls.__name__, (cls,), namespace)

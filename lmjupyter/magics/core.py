@@ -51,7 +51,7 @@ def _parser(prog: str, *arguments: tuple) -> _Parser:
 PARSERS = {
     "deploy": _parser(
         "deploy",
-        (("name",), {}),
+        (("name",), {"nargs": "?", "help": "model name (with --archive: default, the archive's own)"}),
         (("--handler",), {"help": "a .py file or module:Class (default: ./lmserve/NAME/handler.py)"}),
         (("--config",), {"help": "a model-config.yaml (default: ./lmserve/NAME/model-config.yaml)"}),
         (("--model-dir",), {"help": "the model folder (a Hugging Face folder needs no handler)"}),
@@ -105,6 +105,8 @@ class LMServeMagics(Magics):
                  A progress bar follows every rank until the model is ready, then the
                  worker table shows each rank's pid and device. --dry-run shows the GPU
                  plan and torchrun commands and starts nothing.
+          %lmserve deploy --archive A.mar   an archive (a TorchServe .mar too) under its own
+                 model name and version, from its manifest.
           %lmserve query NAME DATA [--stream]
                  one request; DATA is JSON if it parses, else text. --stream prints the
                  handler's partial results as they arrive. Returns the answer.
@@ -209,12 +211,14 @@ class LMServeMagics(Magics):
     # ---- deploy ---------------------------------------------------------------------------------
     def _deploy(self, rest, cell):
         args = self._args("deploy", rest)
-        name = workspace.check_name(args.name)
-        handler = args.handler or _existing(workspace.handler_file(name))
+        if args.name is None and not args.archive:
+            raise MagicError("%lmserve deploy: give the model NAME (it may be left out only with --archive)")
+        name = workspace.check_name(args.name) if args.name is not None else None
+        handler = args.handler or (_existing(workspace.handler_file(name)) if name else None)
         if handler and (handler.endswith(".py") or os.sep in handler):
             handler = os.path.abspath(os.path.expanduser(handler))
         model_dir = os.path.abspath(os.path.expanduser(args.model_dir)) if args.model_dir else None
-        config_path = args.config or _existing(workspace.config_file(name))
+        config_path = args.config or (_existing(workspace.config_file(name)) if name else None)
         if model_dir and not args.config and os.path.isfile(os.path.join(model_dir, "model-config.yaml")):
             config_path = None  # the engine reads the model folder's own config
         archive = os.path.abspath(os.path.expanduser(args.archive)) if args.archive else None
@@ -236,6 +240,7 @@ class LMServeMagics(Magics):
             return None
         started = time.monotonic()
         description = client.deploy(name, handler, wait=False, **body)
+        name = description["name"]  # an archive's own name when none was given
         if args.no_wait:
             display(workers_table(description))
             return None

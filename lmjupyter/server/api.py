@@ -14,6 +14,7 @@ import time
 from tornado.iostream import StreamClosedError
 
 import lmjupyter
+from lmjupyter.compat.torchserve.meta import request_meta
 from lmjupyter.engine.request import END_OF_STREAM, RequestFailed
 from lmjupyter.errors import ApiError
 from lmjupyter.server.openai.routes import ROUTES as OPENAI_ROUTES
@@ -148,6 +149,7 @@ class PredictHandler(ApiMixin):
     """One request in, one answer out; ``?stream=1`` sends partial results as NDJSON lines."""
 
     _pending = None
+    execute_verbs = ("post",)  # Jupyter's authorizer sees these as "execute" on resource lmserve
 
     @api_errors
     async def post(self, name, version=None):
@@ -157,11 +159,12 @@ class PredictHandler(ApiMixin):
         content_type = self.request.headers.get("Content-Type", JSON_TYPE)
         status = 500
         try:
-            self._pending = request = model.submit(self.request.body, content_type, stream)
+            meta = request_meta(self.request) if model.request_meta else None  # TorchServe-style handlers
+            self._pending = request = model.submit(self.request.body, content_type, stream, meta)
             if stream:
                 status = await self._stream(request)
             else:
-                status, answer_type, body = await request.future
+                status, answer_type, body = (await request.future)[:3]
                 self.set_status(status)
                 self.set_header("Content-Type", answer_type)
                 self.finish(body)
@@ -176,9 +179,17 @@ class PredictHandler(ApiMixin):
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")
         try:
-            while (partial := await request.partials.get()) is not END_OF_STREAM:
-                self.write(_ndjson_line("partial", partial))
-                await self.flush()
+            ended = False
+            while not ended:
+                # everything that has arrived goes out in one write: under load a flush per
+                # token would cost more server time than the tokens themselves
+                for partial in await drain(request.partials):
+                    if partial is END_OF_STREAM:
+                        ended = True
+                        break
+                    self.write(_ndjson_line("partial", partial))
+                if not ended:
+                    await self.flush()
             try:
                 answer = request.future.result()
                 line, status = _ndjson_line("result", answer), answer[0]
@@ -197,8 +208,16 @@ class PredictHandler(ApiMixin):
             self._pending.cancelled = True
 
 
+async def drain(queue) -> list:
+    """The next item of an asyncio queue (waiting for it), and every item already behind it."""
+    items = [await queue.get()]
+    while not queue.empty():
+        items.append(queue.get_nowait())
+    return items
+
+
 def _ndjson_line(kind: str, answer) -> bytes:
-    status, content_type, body = answer
+    status, content_type, body = answer[:3]
     if status >= 400:
         return body + b"\n"  # already {"error": {...}}
     if content_type.startswith(JSON_TYPE):
@@ -220,12 +239,21 @@ ROUTES = [
     ("lmserve/metrics", MetricsHandler),
     *((f"lmserve/{pattern}", handler) for pattern, handler in OPENAI_ROUTES),  # OpenAI's API (server/openai/)
 ]
-# lmjupyter serve also answers OpenAI's API at its root (/v1/...), where OpenAI clients look for it.
-STANDALONE_ROUTES = ROUTES + OPENAI_ROUTES
 
 
-def route_table(base_url: str, base_handler: type, wrap=lambda cls: cls, routes=None) -> list[tuple[str, type]]:
-    """The routes (default: ROUTES) joined with a server's base handler; ``wrap`` may add auth decorators."""
+def all_routes(torchserve_prefix: str = "", openai_at_root: bool = False) -> list[tuple[str, type]]:
+    """lmjupyter's routes, then TorchServe's (``/ping``, ``/predictions``, ``/models``) under ``torchserve_prefix``;
+    ``openai_at_root``: OpenAI's ``/v1/...`` also at the root (lmjupyter serve), where OpenAI clients look for it."""
+    from lmjupyter.compat.torchserve.rest import ROUTES as TORCHSERVE_ROUTES
+
+    return (ROUTES + [(torchserve_prefix + pattern, mixin) for pattern, mixin in TORCHSERVE_ROUTES]
+            + (OPENAI_ROUTES if openai_at_root else []))
+
+
+def route_table(base_url: str, base_handler: type, wrap=lambda cls: cls,
+                torchserve_prefix: str = "", openai_at_root: bool = False) -> list[tuple[str, type]]:
+    """The routes joined with a server's base handler; ``wrap`` may add auth decorators.
+    TorchServe's paths sit at the root of ``lmjupyter serve`` and under ``lmserve/`` in Jupyter."""
     base_url = "/" + base_url.strip("/") + "/" if base_url.strip("/") else "/"
     return [(base_url + pattern, wrap(type(mixin.__name__, (mixin, base_handler), {})))
-            for pattern, mixin in (ROUTES if routes is None else routes)]
+            for pattern, mixin in all_routes(torchserve_prefix, openai_at_root)]

@@ -25,6 +25,7 @@ from tornado import httputil
 from tornado.iostream import StreamClosedError
 from tornado.log import access_log
 
+from lmjupyter.compat.torchserve.meta import request_meta
 from lmjupyter.engine.request import RequestFailed
 from lmjupyter.errors import ApiError
 from lmjupyter.server.api import API, JSON_TYPE
@@ -77,7 +78,8 @@ class FastPredict(httputil.HTTPMessageDelegate):
         body = self.request.body = b"".join(self._chunks)
         self._chunks = []
         try:
-            self.pending = self.model.submit(body, self.request.headers.get("Content-Type", JSON_TYPE))
+            meta = request_meta(self.request) if self.model.request_meta else None  # TorchServe-style handlers
+            self.pending = self.model.submit(body, self.request.headers.get("Content-Type", JSON_TYPE), False, meta)
         except RequestFailed as exc:
             self._fail(exc)
             return
@@ -88,11 +90,11 @@ class FastPredict(httputil.HTTPMessageDelegate):
 
     def _answered(self, future) -> None:
         try:
-            status, content_type, body = future.result()
+            answer = future.result()
         except RequestFailed as exc:
             self._fail(exc)
             return
-        self._respond(status, content_type, body)
+        self._respond(answer[0], answer[1], answer[2])
 
     def _fail(self, exc: RequestFailed) -> None:
         self._respond(exc.status, JSON_TYPE, json.dumps({"error": {"message": str(exc), **exc.detail}}).encode())

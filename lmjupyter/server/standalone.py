@@ -19,7 +19,7 @@ from tornado.log import access_log
 
 from lmjupyter.engine.engine import Engine, EngineSettings
 from lmjupyter.server import fast_predict
-from lmjupyter.server.api import STANDALONE_ROUTES, route_table
+from lmjupyter.server.api import route_table
 
 
 class TokenAuthHandler(tornado.web.RequestHandler):
@@ -44,7 +44,7 @@ class TokenAuthHandler(tornado.web.RequestHandler):
 
 def make_app(engine: Engine, token: str) -> tornado.web.Application:
     """The route table behind the token; plain predict requests take the fast path (fast_predict.py)."""
-    return fast_predict.Application(route_table("/", TokenAuthHandler, routes=STANDALONE_ROUTES),
+    return fast_predict.Application(route_table("/", TokenAuthHandler, openai_at_root=True),
                                     log_function=log_request,
                                     lmserve_engine=engine, lmserve_token=token)
 

@@ -24,6 +24,7 @@ class Context:
     device: str = "cpu"
     manifest: dict = field(default_factory=dict)
     system_properties: dict = field(default_factory=dict)
+    model_version: str | None = None
     _send_intermediate: Callable[[list], None] | None = field(default=None, repr=False)
 
     @property

@@ -36,7 +36,7 @@ def serve_continuous(channel: BlockingChannel, generation, ctx) -> int:
         for message in messages:
             kind = message[0]
             if kind == "add":
-                _, rid, payload, content_type, stream = message
+                _, rid, payload, content_type, stream = message[:5]
                 item = decode_request(payload, content_type)
                 events += [("done", rid, encode_answer(item))] if isinstance(item, BadRequestBody) \
                     else leader.add(rid, item, stream)

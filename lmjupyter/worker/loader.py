@@ -1,8 +1,9 @@
 """Find and build the handler named by a deploy: ``path/to/file.py[:Class]`` or ``module:Class``.
 
 A TorchServe-style module with a top-level ``handle(data, context)`` function
-works too. The engine checks paths against its allowed roots before a rank ever
-gets here; the rank only imports.
+works too, and ``import ts...`` resolves for every handler (TorchServe's API, from
+lmjupyter.compat.torchserve). The engine checks paths against its allowed roots
+before a rank ever gets here; the rank only imports.
 """
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ class HandlerLoadError(ImportError):
 
 def load_handler(spec: str, model_dir: str | None = None):
     """Return a handler instance (an object with ``initialize`` and ``handle``)."""
+    from lmjupyter.compat.torchserve import install_ts_shim
+
+    install_ts_shim()
     module_part, _, class_name = _split(spec)
     if module_part.endswith(".py") or os.sep in module_part:
         path = module_part

@@ -6,7 +6,9 @@ the model, the handler and the config. A warm spare's spec file has no model:
 its ranks import torch, say ``spare_ready`` and wait for the deploy that takes
 the group to send the spec as a ``("spec", {...})`` message. Every rank receives
 every batch; only the output rank (by default rank 0, the last rank for pipelines,
-or what the handler's ``output_rank(ctx)`` says) sends answers back.
+or what the handler's ``output_rank(ctx)`` says) sends answers back. A
+TorchServe-style handler is wrapped (lmjupyter.compat.torchserve.adapter) and gets
+each batch's raw requests, with the headers the HTTP layer saw, through ``run_batch``.
 """
 from __future__ import annotations
 
@@ -42,19 +44,21 @@ def main(argv: list[str]) -> int:
     gpu = config.get("deviceType") == "gpu"
     ctx = Context(
         model_name=spec["model_name"], model_dir=spec["model_dir"], model_yaml_config=config,
+        model_version=spec.get("model_version"),
         rank=rank, local_rank=local_rank, world_size=world_size,
         device=f"cuda:{local_rank}" if gpu else "cpu", manifest=spec.get("manifest") or {},
         system_properties={"model_dir": spec["model_dir"], "gpu_id": local_rank if gpu else None,
                            "batch_size": config.get("batchSize", 1), "server_name": "lmjupyter",
-                           "server_version": spec.get("version", "")},
+                           "server_version": spec.get("server_version", ""), "limit_max_image_pixels": True},
     )
     try:
         if world_size > 1 or gpu:
             # The group's timeout also bounds every collective of a long generation; a hang is
             # caught sooner by the server's responseTimeout, which kills the whole group.
             _init_distributed(gpu, world_size, max(spec.get("startup_timeout", 120), spec.get("response_timeout", 120)) + 60)
+        from lmjupyter.compat.torchserve.adapter import adapt_handler
         from lmjupyter.worker.loader import load_handler
-        handler = load_handler(spec["handler"], spec["model_dir"])
+        handler = adapt_handler(load_handler(spec["handler"], spec["model_dir"]), spec["handler"], ctx.manifest)
         handler.initialize(ctx)
         output_rank = _output_rank(handler, ctx)
     except BaseException as exc:  # the client must see why loading failed
@@ -68,8 +72,23 @@ def main(argv: list[str]) -> int:
 
         channel.send(("ready", rank, output_rank, {"slots": generation.slots}))
         return serve_continuous(channel, generation, ctx)
-    channel.send(("ready", rank, output_rank))
+    # the server then passes each request's headers and id on (lmjupyter.compat.torchserve.meta)
+    info = {"request_rows": "torchserve"} if _takes_raw_requests(handler) else {}
+    if info and config.get("continuousBatching") is True:   # TorchServe's iteration-level handlers
+        from lmjupyter.compat.torchserve.continuous import serve_iterations
+
+        slots = int(config.get("batchSize", 1))
+        channel.send(("ready", rank, output_rank, {**info, "slots": slots}))
+        return serve_iterations(channel, handler, ctx, output_rank, slots)
+    channel.send(("ready", rank, output_rank, info))
     return serve(channel, handler, ctx, answers=(rank == output_rank))
+
+
+def _takes_raw_requests(handler) -> bool:
+    """A TorchServe-style handler, wrapped: it decodes and encodes requests itself (``run_batch``)."""
+    from lmjupyter.compat.torchserve.adapter import TorchServeHandler
+
+    return isinstance(handler, TorchServeHandler)
 
 
 def _wait_as_spare(channel: BlockingChannel, rank: int) -> dict | None:
@@ -87,13 +106,17 @@ def _wait_as_spare(channel: BlockingChannel, rank: int) -> dict | None:
 
 def serve(channel: BlockingChannel, handler, ctx: Context, answers: bool) -> int:
     """Run batches until the server says stop or goes away."""
+    raw = _takes_raw_requests(handler)
     while True:
         message = channel.receive()
         if message is None or message[0] == "stop":
             return 0
         _, batch_id, items = message
+        if raw:
+            _serve_raw(channel, handler, ctx, answers, batch_id, items)
+            continue
         try:
-            decoded = [decode_request(payload, content_type) for payload, content_type in items]
+            decoded = [decode_request(payload, content_type) for payload, content_type, _meta in items]
             good = [i for i, item in enumerate(decoded) if not isinstance(item, BadRequestBody)]
             if answers:
                 ctx._send_intermediate = _partial_sender(channel, batch_id, good)
@@ -110,12 +133,33 @@ def serve(channel: BlockingChannel, handler, ctx: Context, answers: bool) -> int
                 raise
 
 
-def _partial_sender(channel: BlockingChannel, batch_id: int, positions: list[int]):
-    """Partials come per handled request; the server wants them by position in the batch."""
+def _serve_raw(channel: BlockingChannel, handler, ctx: Context, answers: bool, batch_id: int, items) -> None:
+    """One batch of a handler that decodes and encodes requests itself (``run_batch``)."""
+    try:
+        sender = _partial_sender(channel, batch_id, list(range(len(items))), encode=None) if answers else None
+        encoded = handler.run_batch(items, sender)
+        if answers:
+            _check_length(encoded, len(items))
+            channel.send(("result", batch_id, encoded))
+            updates = handler.drain_metrics()
+            if updates:
+                channel.send(("metrics", updates))
+        else:
+            handler.drain_metrics()
+    except BaseException as exc:
+        traceback.print_exc()
+        channel.send(("error", batch_id, ctx.rank, f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+
+
+def _partial_sender(channel: BlockingChannel, batch_id: int, positions: list[int], encode=encode_answer):
+    """Partials come per handled request; the server wants them by position in the batch.
+    ``encode=None``: the partials come already encoded."""
     def send(partials):
         _check_length(partials, len(positions))
         # None means "nothing new for this request" (e.g. it already finished): send nothing for it
-        channel.send(("partial", batch_id, [(i, encode_answer(p)) for i, p in zip(positions, partials)
+        channel.send(("partial", batch_id, [(i, encode(p) if encode else p) for i, p in zip(positions, partials)
                                             if p is not None]))
     return send
 

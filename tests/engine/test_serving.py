@@ -210,7 +210,7 @@ def test_torchserve_style_handler_runs_unchanged(server):
     client = server.client
     config = cpu_config(batchSize=4, handler={"prefix": "words="})
     client.deploy("tsstyle", handler_path("torchserve_style.py"), config=config, wait=True)
-    assert client.predict("tsstyle", {"data": "one two three"}) == "words=3"
+    assert client.predict("tsstyle", "one two three") == b"words=3"  # row["body"] in, text out, as in TorchServe
     client.undeploy("tsstyle")
 
 

@@ -1,4 +1,5 @@
-"""The one-process GPU fast path (static KV cache + CUDA graphs) against ``generate``."""
+"""The per-batch path on one GPU (static KV cache + CUDA graphs, ``continuousBatching: false``) against
+``generate``; test_generation_gpu.py covers the continuous-batching engine."""
 from __future__ import annotations
 
 import pytest
@@ -11,7 +12,7 @@ def make_handler(model_dir, handler_cfg=None, dtype="bfloat16"):
     from lmjupyter.worker.context import Context
 
     hcfg = {"max_new_tokens": MAX_NEW_TOKENS, "dtype": dtype, **(handler_cfg or {})}
-    ctx = Context(model_name="m", model_dir=str(model_dir), model_yaml_config={"deviceType": "gpu", "handler": hcfg},
+    ctx = Context(model_name="m", model_dir=str(model_dir), model_yaml_config={"deviceType": "gpu", "continuousBatching": False, "handler": hcfg},
                   device="cuda:0")
     handler = CausalLMHandler()
     handler.initialize(ctx)

@@ -1,5 +1,5 @@
-"""A handler written the TorchServe way; only its import line differs from TorchServe's."""
-from lmjupyter.handlers import BaseHandler
+"""A handler written the TorchServe way, imports included: it runs as it would in TorchServe."""
+from ts.torch_handler.base_handler import BaseHandler
 
 
 class WordCounter(BaseHandler):

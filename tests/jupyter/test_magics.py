@@ -54,7 +54,7 @@ CELLS = {
     "archive": ("import subprocess, sys\n"
                 "subprocess.run([sys.executable, '-m', 'lmjupyter.cli', 'archive', '--model-name', 'packed',\n"
                 "                '--handler', 'lmserve/echo/handler.py', '--export-path', '.', '--force'], check=True)\n"
-                "%lmserve deploy packed --archive packed.tar.gz\n"
+                "%lmserve deploy --archive packed.tar.gz\n"  # no NAME: the archive's own
                 "packed = %lmserve query packed \"from an archive\"\n"
                 "print(repr(packed))\n"
                 "%lmserve undeploy packed"),

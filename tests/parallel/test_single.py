@@ -152,7 +152,8 @@ def test_on_gpu_in_bfloat16_equals_generate(models, family):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    config = {"deviceType": "gpu", "handler": {"max_new_tokens": MAX_NEW_TOKENS, "dtype": "bfloat16"}}
+    config = {"deviceType": "gpu", "continuousBatching": False,
+              "handler": {"max_new_tokens": MAX_NEW_TOKENS, "dtype": "bfloat16"}}
     ctx = Context(model_name="m", model_dir=models[family], model_yaml_config=config, device="cuda:0")
     handler = CausalLMHandler()
     handler.initialize(ctx)

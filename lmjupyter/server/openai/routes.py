@@ -50,7 +50,7 @@ def openai_errors(method):
 class OpenAIMixin:
     """What the /v1 routes share: the engine, the causal-LM check, errors in OpenAI's shape."""
 
-    executes = True  # Jupyter: POST needs the "execute" permission on lmserve, as predict does
+    execute_verbs = ("post",)  # Jupyter's authorizer sees these as "execute" on resource lmserve, as predict
 
     @property
     def engine(self):

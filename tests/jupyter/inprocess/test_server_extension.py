@@ -24,6 +24,10 @@ ROUTES = [
     ("GET", "lmserve/api/models/x"), ("PUT", "lmserve/api/models/x"), ("DELETE", "lmserve/api/models/x"),
     ("POST", "lmserve/api/models/x/predict"), ("GET", "lmserve/api/models/x/logs"),
     ("GET", "lmserve/api/gpus"), ("GET", "lmserve/metrics"),
+    # TorchServe's paths, under the extension's prefix
+    ("GET", "lmserve/ping"), ("POST", "lmserve/predictions/x"), ("PUT", "lmserve/predictions/x/1"),
+    ("GET", "lmserve/models"), ("POST", "lmserve/models"), ("GET", "lmserve/models/x"),
+    ("PUT", "lmserve/models/x"), ("DELETE", "lmserve/models/x/1"), ("PUT", "lmserve/models/x/1/set-default"),
 ]
 
 
@@ -122,6 +126,24 @@ async def test_deploy_query_stream_metrics_undeploy(jp_fetch, handler_file):
 
     await jp_fetch("lmserve", "api", "models", "echo", method="DELETE", request_timeout=60)
     await _until_gone(_pids(description))
+
+
+async def test_torchserve_paths_under_the_extension_prefix(jp_fetch, jp_root_dir):
+    """TorchServe's inference and management paths at <base_url>lmserve/, behind Jupyter's auth."""
+    (jp_root_dir / "ts_echo.py").write_text(
+        "def handle(data, context):\n"
+        "    return None if data is None else [row.get('body') for row in data]\n")
+    response = await jp_fetch("lmserve", "api", "models", method="POST", request_timeout=120, body=json.dumps(
+        {"name": "tsecho", "handler": "ts_echo.py", "config": {"deviceType": "cpu"}, "wait": True}))
+    assert response.code == 201
+    assert json.loads((await jp_fetch("lmserve", "ping")).body) == {"status": "Healthy"}
+    listed = json.loads((await jp_fetch("lmserve", "models")).body)
+    assert listed == {"models": [{"modelName": "tsecho", "modelUrl": "ts_echo.py"}]}
+    answer = await jp_fetch("lmserve", "predictions", "tsecho", method="POST", body=b"raw words",
+                            headers={"Content-Type": "text/plain"})
+    assert answer.body == b"raw words" and answer.headers["x-request-id"]
+    gone = await jp_fetch("lmserve", "models", "tsecho", method="DELETE", request_timeout=60)
+    assert json.loads(gone.body) == {"status": 'Model "tsecho" unregistered'}
 
 
 async def test_cookie_authenticated_calls_need_the_xsrf_token(jp_fetch, jp_serverapp, handler_file):

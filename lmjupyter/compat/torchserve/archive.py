@@ -1,34 +1,28 @@
 """Import of TorchServe model archives (``.mar``, or torch-model-archiver's ``.tar.gz``/folder).
 
 The archive's handler, extra files and model-config.yaml (manifest key
-``configFile``) are used as they are. What cannot carry over is named in a
-warning that the deploy answer returns: frontend (Java) settings lmjupyter has
-no equivalent for, manifest keys it does not use, and handlers that import
-TorchServe's ``ts`` package. Such a handler should change one line::
-
-    from ts.torch_handler.base_handler import BaseHandler   # TorchServe
-    from lmjupyter.handlers import BaseHandler               # lmjupyter
-
-Until it does, the ranks of an imported archive find a small ``ts`` shim
-(``ts.torch_handler.base_handler.BaseHandler`` and ``ts.context.Context`` only)
-on their ``PYTHONPATH``; it is never installed into the server's environment.
+``configFile``) are used as they are, and its handler's ``ts`` imports resolve
+(``lmjupyter.compat.torchserve``). What cannot carry over is named in a warning
+that the deploy answer returns: frontend (Java) settings lmjupyter has no
+equivalent for, and manifest keys it does not use.
 """
 from __future__ import annotations
 
 import os
 import re
 
-from lmjupyter.archive.manifest import ArchiveError
-from lmjupyter.archive.unpack import UnpackedArchive, handler_file
+from typing import TYPE_CHECKING
 
-TS_SHIM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ts_compat")
+from lmjupyter.archive.manifest import ArchiveError, handler_file
+
+if TYPE_CHECKING:
+    from lmjupyter.archive.unpack import UnpackedArchive
 
 # TorchServe frontend keys of model-config.yaml that lmjupyter does not implement, and why.
 JAVA_ONLY_KEYS = {
     "parallelLevel": "the ranks per worker are torchrun.nproc-per-node",
     "maxRetryTimeoutInSec": "a broken worker is restarted with backoff, up to 5 attempts",
     "clientTimeoutInMills": "requests are bounded by responseTimeout",
-    "continuousBatching": "continuous batching is not implemented",
     "sequenceBatching": "stateful sequence batching is not implemented",
     "sequenceMaxIdleMSec": "stateful sequence batching is not implemented",
     "maxNumSequence": "stateful sequence batching is not implemented",
@@ -48,7 +42,7 @@ BUILTIN_TS_HANDLERS = {"image_classifier", "object_detector", "text_classifier",
 IMPORTS_TS = re.compile(r"^\s*(from\s+ts(\.\w+)*\s+import|import\s+ts(\.|\s|$))", re.M)
 
 
-def import_torchserve(archive: UnpackedArchive) -> None:
+def import_torchserve(archive: "UnpackedArchive") -> None:
     """Check what can run here, take TorchServe-only settings out of the config and name them."""
     manifest, model, warnings = archive.manifest, archive.manifest["model"], archive.warnings
     runtime = str(manifest.get("runtime", "python")).lower()
@@ -64,7 +58,6 @@ def import_torchserve(archive: UnpackedArchive) -> None:
     if archive.handler in BUILTIN_TS_HANDLERS:
         raise ArchiveError(f"{archive.source}: TorchServe's built-in handler {archive.handler!r} is not part of "
                            "lmjupyter; package a handler file (see lmjupyter.handlers.BaseHandler)", key="handler")
-    archive.python_path.append(TS_SHIM)
     if archive.config is not None:
         archive.config = _translated_config(archive.config, archive.config_name, warnings)
     _check_handler_source(archive, model)
@@ -95,19 +88,16 @@ def _translated_config(text: str, filename: str, warnings: list[str]) -> str | d
     return data
 
 
-def _check_handler_source(archive: UnpackedArchive, model: dict) -> None:
+def _check_handler_source(archive: "UnpackedArchive", model: dict) -> None:
     file_part = handler_file(archive.handler)
     path = os.path.join(archive.model_dir, file_part)
     if not file_part.endswith(".py") or not os.path.isfile(path):
         return
     with open(path, encoding="utf-8", errors="replace") as f:
         source = f.read()
-    if IMPORTS_TS.search(source):
+    if (model.get("serializedFile") or model.get("modelFile")) and "def initialize" not in source \
+            and not IMPORTS_TS.search(source):
         archive.warnings.append(
-            f"{file_part} imports TorchServe's ts package; lmjupyter gives it a shim for "
-            "ts.torch_handler.base_handler.BaseHandler and ts.context.Context only. Change the "
-            "import to: from lmjupyter.handlers import BaseHandler")
-    if (model.get("serializedFile") or model.get("modelFile")) and "def initialize" not in source:
-        archive.warnings.append(
-            f"{file_part} has no initialize(): TorchServe's BaseHandler loads serializedFile/modelFile "
-            "for you, lmjupyter's does not; load them in initialize(ctx) from ctx.model_dir")
+            f"{file_part} has no initialize() and does not use TorchServe's BaseHandler: "
+            "lmjupyter's BaseHandler does not load serializedFile/modelFile; load them in "
+            "initialize(ctx) from ctx.model_dir, or subclass ts.torch_handler.base_handler.BaseHandler")

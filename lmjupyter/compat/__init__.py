@@ -1,0 +1,1 @@
+"""Layers that let users of other model servers move over without rewriting their code."""

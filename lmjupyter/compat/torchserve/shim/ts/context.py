@@ -1,0 +1,3 @@
+from lmjupyter.compat.torchserve.context import Context, RequestProcessor
+
+__all__ = ["Context", "RequestProcessor"]

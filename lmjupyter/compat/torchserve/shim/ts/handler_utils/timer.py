@@ -1,0 +1,3 @@
+from lmjupyter.compat.torchserve.util import timed
+
+__all__ = ["timed"]

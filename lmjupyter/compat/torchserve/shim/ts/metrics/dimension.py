@@ -1,0 +1,3 @@
+from lmjupyter.compat.torchserve.metrics import Dimension
+
+__all__ = ["Dimension"]

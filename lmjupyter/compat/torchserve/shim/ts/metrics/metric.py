@@ -1,0 +1,3 @@
+from lmjupyter.compat.torchserve.metrics import Metric
+
+__all__ = ["Metric"]

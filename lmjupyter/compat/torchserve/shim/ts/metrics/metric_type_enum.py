@@ -1,0 +1,3 @@
+from lmjupyter.compat.torchserve.metrics import MetricTypes
+
+__all__ = ["MetricTypes"]

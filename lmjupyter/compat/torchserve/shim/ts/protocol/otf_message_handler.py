@@ -1,0 +1,3 @@
+from lmjupyter.compat.torchserve.util import send_intermediate_predict_response
+
+__all__ = ["send_intermediate_predict_response"]

@@ -1,0 +1,3 @@
+from lmjupyter.compat.torchserve.base_handler import BaseHandler
+
+__all__ = ["BaseHandler"]

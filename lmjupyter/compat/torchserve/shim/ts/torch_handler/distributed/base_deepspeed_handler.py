@@ -1,0 +1,3 @@
+from lmjupyter.compat.torchserve.distributed import BaseDeepSpeedHandler
+
+__all__ = ["BaseDeepSpeedHandler"]

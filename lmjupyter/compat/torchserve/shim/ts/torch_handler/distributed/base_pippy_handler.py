@@ -1,0 +1,3 @@
+from lmjupyter.compat.torchserve.distributed import BasePippyHandler
+
+__all__ = ["BasePippyHandler"]
