@@ -3,6 +3,7 @@
     python benchmarks/run.py            # full: 10 s per wrk run, 3 repetitions (about 8 minutes)
     python benchmarks/run.py --quick    # 3 s per run, 2 repetitions (about 2 minutes)
     python benchmarks/run.py --only echo,cold --reps 2 --duration 5
+    python benchmarks/run.py --only echo,gpt2 --jupyter   # the Jupyter extension beside, point by point
 
 Every scenario runs against a real ``lmjupyter serve`` subprocess on loopback, one worker
 group per model. Throughput and latency come from ``wrk`` (one thread, ``benchmarks/post.lua``
@@ -209,13 +210,14 @@ def model_counters(server: Server, name: str) -> tuple[int, int]:
     return metrics["requests_total"], metrics["batches_total"]
 
 
-def throughput(server: Server, scenarios: list[tuple[str, str, int]], duration: float, reps: int) -> dict:
-    """Run every (label, model, concurrency) ``reps`` times, interleaved; medians per label."""
-    runs: dict[str, list[dict]] = {label: [] for label, _, _ in scenarios}
-    for label, model, connections in scenarios:  # warm-up: connections, caches, allocator
+def throughput(server: Server, scenarios: list[tuple], duration: float, reps: int) -> dict:
+    """Run every (label, model, concurrency[, server]) ``reps`` times, interleaved; medians per label."""
+    scenarios = [(*s, server) if len(s) == 3 else s for s in scenarios]
+    runs: dict[str, list[dict]] = {s[0]: [] for s in scenarios}
+    for label, model, connections, server in scenarios:  # warm-up: connections, caches, allocator
         run_wrk(server.predict_url(model), connections, 1)
     for rep in range(reps):
-        for label, model, connections in scenarios:
+        for label, model, connections, server in scenarios:
             for attempt in range(MAX_ATTEMPTS):
                 wait_idle_cpu()
                 requests_before, batches_before = model_counters(server, model)
@@ -253,16 +255,26 @@ def echo_config(batch: int) -> dict:
     return {"deviceType": "cpu", "minWorkers": 1, "maxWorkers": 1, "batchSize": batch, "maxBatchDelay": 5}
 
 
-def bench_echo(server: Server, duration: float, reps: int) -> dict:
-    server.deploy("echo-b1", ECHO, echo_config(1))
-    server.deploy("echo-b8", ECHO, echo_config(8))
+def bench_echo(server: Server, duration: float, reps: int, jupyter: Server | None = None) -> dict:
+    servers = [server] + ([jupyter] if jupyter else [])
+    for s in servers:
+        s.deploy("echo-b1", ECHO, echo_config(1))
+        s.deploy("echo-b8", ECHO, echo_config(8))
     wait_idle_cpu()
     scenarios = [(f"echo b{b} c{c}", f"echo-b{b}", c) for c in (1, 8, 32) for b in (1, 8)]
-    results = throughput(server, scenarios, duration, reps)
+    results = throughput(server, beside(scenarios, jupyter), duration, reps)
     results["_rss"] = memory(server, ["echo-b1"])
-    server.undeploy("echo-b1")
-    server.undeploy("echo-b8")
+    for s in servers:
+        s.undeploy("echo-b1")
+        s.undeploy("echo-b8")
     return results
+
+
+def beside(scenarios: list[tuple], jupyter: Server | None) -> list[tuple]:
+    """Each scenario, then (with ``--jupyter``) the same against the Jupyter server: ``<label> jupyter``."""
+    if jupyter is None:
+        return scenarios
+    return [s for scenario in scenarios for s in (scenario, (f"{scenario[0]} jupyter", *scenario[1:], jupyter))]
 
 
 # The issue's tiny GPT-2: 2 layers, 64 hidden (2 heads); a 1000-token vocabulary keeps the LM head as
@@ -281,15 +293,19 @@ def build_tiny_gpt2(path: str) -> str:
     return path
 
 
-def bench_gpt2(server: Server, model_dir: str, duration: float, reps: int) -> dict:
-    for batch in (1, 8):
-        server.call("POST", "models", json={"name": f"gpt2-b{batch}", "handler": GPT2, "model_dir": model_dir,
-                                            "config": echo_config(batch), "wait": True})
+def bench_gpt2(server: Server, model_dir: str, duration: float, reps: int, jupyter: Server | None = None) -> dict:
+    servers = [server] + ([jupyter] if jupyter else [])
+    for s in servers:
+        for batch in (1, 8):
+            s.call("POST", "models", json={"name": f"gpt2-b{batch}", "handler": GPT2, "model_dir": model_dir,
+                                           "config": echo_config(batch), "wait": True})
     wait_idle_cpu()
-    results = throughput(server, [(f"gpt2 b{b} c8", f"gpt2-b{b}", 8) for b in (1, 8)], duration, reps)
+    scenarios = [(f"gpt2 b{b} c8", f"gpt2-b{b}", 8) for b in (1, 8)]
+    results = throughput(server, beside(scenarios, jupyter), duration, reps)
     results["_rss"] = memory(server, ["gpt2-b1"])
-    server.undeploy("gpt2-b1")
-    server.undeploy("gpt2-b8")
+    for s in servers:
+        s.undeploy("gpt2-b1")
+        s.undeploy("gpt2-b8")
     return results
 
 
@@ -400,6 +416,7 @@ def table(results: dict) -> str:
             continue
         lines.append(f"| {label} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['mean_batch']:.2f} | "
                      f"{r['server_us']:.0f} / {r['ranks_us']:.0f} / {r['wrk_us']:.0f} | {target_text(label)} |")
+    lines += parity_table(results)
     lines += ["", "| cold start (deploy call -> first answer) | median s | deploy returned s | target |",
               "| --- | ---: | ---: | --- |"]
     for label, r in results.items():
@@ -413,6 +430,20 @@ def table(results: dict) -> str:
         lines += ["", "| process | RSS MiB | USS MiB |", "| --- | ---: | ---: |"]
         lines += [f"| {k} | {v['rss_mb']:.0f} | {v['uss_mb']:.0f} |" for k, v in rss.items()]
     return "\n".join(lines)
+
+
+def parity_table(results: dict) -> list[str]:
+    """``--jupyter``: the Jupyter extension beside lmjupyter serve, point by point (target >= 0.8x)."""
+    pairs = [(label, results[f"{label} jupyter"]) for label in results if f"{label} jupyter" in results]
+    if not pairs:
+        return []
+    lines = ["", "| scenario | lmjupyter serve req/s, p50 ms | Jupyter extension req/s, p50 ms | Jupyter / serve |",
+             "| --- | --- | --- | ---: |"]
+    for label, j in pairs:
+        s = results[label]
+        lines.append(f"| {label} | {s['rps']:.0f}, {s['p50_ms']:.2f} | {j['rps']:.0f}, {j['p50_ms']:.2f} | "
+                     f"{j['rps'] / s['rps']:.2f}x |")
+    return lines
 
 
 def target_text(label: str) -> str:
@@ -439,6 +470,8 @@ def main(argv=None) -> int:
     parser.add_argument("--only", default="echo,gpt2,cold", help="comma-separated subset of echo,gpt2,cold")
     parser.add_argument("--no-spares", dest="warm_spares", action="store_false",
                         help="skip the cold starts with `lmjupyter serve --warm-spares N`")
+    parser.add_argument("--jupyter", action="store_true",
+                        help="also run echo and gpt2 against a Jupyter server with the extension, interleaved")
     parser.add_argument("--out", default=os.path.join(HERE, "results"), help="folder for the JSON results")
     args = parser.parse_args(argv)
     duration = args.duration or (3 if args.quick else 10)
@@ -457,19 +490,27 @@ def main(argv=None) -> int:
             server = Server(workdir)
             info["server_event_loop"] = server.loop
             print(f"server event loop: {server.loop}", flush=True)
+            jupyter = None
             try:
+                if args.jupyter:
+                    from jupyter_bench import JupyterServer
+
+                    jupyter = JupyterServer(workdir)
                 if "echo" in only:
                     print("echo handler", flush=True)
-                    echo = bench_echo(server, duration, reps)
+                    echo = bench_echo(server, duration, reps, jupyter)
                     results["_echo_rss"] = echo.pop("_rss")
                     results.update(echo)
                 if "gpt2" in only:
                     print("tiny GPT-2", flush=True)
-                    gpt2 = bench_gpt2(server, build_tiny_gpt2(os.path.join(workdir, "tiny-gpt2")), duration, reps)
+                    gpt2 = bench_gpt2(server, build_tiny_gpt2(os.path.join(workdir, "tiny-gpt2")), duration, reps,
+                                      jupyter)
                     results["_gpt2_rss"] = gpt2.pop("_rss")
                     results.update(gpt2)
             finally:
                 server.stop()
+                if jupyter is not None:
+                    jupyter.stop()
         if "cold" in only:
             print("cold start", flush=True)
             results.update(bench_cold(workdir, reps, args.warm_spares))

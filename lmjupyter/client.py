@@ -6,6 +6,8 @@
     client.predict("echo", {"text": "hi"})
     for partial in client.stream("llm", {"prompt": "Once"}):
         print(partial)
+    for piece in client.chat_stream("llm", [{"role": "user", "content": "hi"}]):
+        print(piece, end="")
     client.undeploy("echo")
 """
 from __future__ import annotations
@@ -138,6 +140,30 @@ class Client:
                     raise LMServeError(error.get("status", 500), error.get("message", "stream failed"), error)
                 kind = "partial" if "partial" in message else "result"
                 yield kind, message.get(kind)
+
+    def chat_stream(self, model: str, messages: list[dict], **params: Any) -> Iterator[str]:
+        """Stream a chat answer through the OpenAI route (``lmserve/v1/chat/completions``, both servers):
+        yield its text pieces; the generator returns ``{"content", "finish_reason", "usage"}``."""
+        body = {"model": model, "messages": messages, "stream": True,
+                "stream_options": {"include_usage": True}, **params}
+        content, finish, usage = [], None, None
+        with self.session.post(self.url + "lmserve/v1/chat/completions", json=body, stream=True,
+                               timeout=self.timeout) as response:
+            _raise_for(response)
+            for line in response.iter_lines():
+                if not line.startswith(b"data: ") or line == b"data: [DONE]":
+                    continue
+                chunk = json.loads(line[6:])
+                if "error" in chunk:
+                    raise LMServeError(500, chunk["error"].get("message", "stream failed"), chunk["error"])
+                usage = chunk.get("usage") or usage
+                for choice in chunk.get("choices", []):
+                    piece = choice.get("delta", {}).get("content")
+                    finish = choice.get("finish_reason") or finish
+                    if piece:
+                        content.append(piece)
+                        yield piece
+        return {"content": "".join(content), "finish_reason": finish, "usage": usage}
 
     def _call(self, method: str, path: str, **kwargs) -> Any:
         try:

@@ -16,6 +16,7 @@ from traitlets import Bool, Float, Int, List, Unicode
 
 from lmjupyter.engine.engine import Engine, EngineSettings
 from lmjupyter.gpus import discover_gpus
+from lmjupyter.jupyter_server_ext import fast_predict
 from lmjupyter.jupyter_server_ext.handlers import LMServeHandler, protect
 from lmjupyter.server.api import route_table
 
@@ -93,6 +94,8 @@ class LMServe(ExtensionApp):
     def initialize_handlers(self) -> None:
         # ExtensionApp joins each pattern with the server's base_url; TorchServe's paths go under lmserve/.
         self.handlers.extend(route_table("/", LMServeHandler, wrap=protect, torchserve_prefix="lmserve/"))
+        # Plain predict calls with the server's token skip the handlers (fast_predict.py says when).
+        fast_predict.install(self.serverapp, self.engine, self.kernel_token)
 
     async def _start_jupyter_server_extension(self, serverapp) -> None:
         """Once the server listens: its port is known (kernels start after this), the loop runs."""

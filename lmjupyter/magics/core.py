@@ -16,6 +16,7 @@ from IPython.display import display
 from lmjupyter import discovery
 from lmjupyter.client import LMServeError
 from lmjupyter.magics import workspace
+from lmjupyter.magics.chat import Conversations
 from lmjupyter.magics.live import Live, deploy_progress, print_partial
 from lmjupyter.widgets.render import logs_text, models_table, nodes_table, plan_table, workers_table
 
@@ -79,6 +80,7 @@ class LMServeMagics(Magics):
     def __init__(self, shell):
         super().__init__(shell)
         self.panels = []
+        self.conversations = Conversations()
 
     @no_var_expand  # JSON like {"a": 1} must reach a query unchanged; see _expand
     @line_cell_magic
@@ -93,6 +95,8 @@ class LMServeMagics(Magics):
                                    and line) and save it as ./lmserve/NAME/model-config.yaml
           %%lmserve query NAME [--stream]
                                    send the cell body as one request (JSON, else text)
+          %%lmserve chat NAME [options]
+                                   send the cell body as the next chat message
 
         Line magics::
 
@@ -110,6 +114,10 @@ class LMServeMagics(Magics):
           %lmserve query NAME DATA [--stream]
                  one request; DATA is JSON if it parses, else text. --stream prints the
                  handler's partial results as they arrive. Returns the answer.
+          %lmserve chat NAME [--new] [--max-tokens N] [--temperature T] [--top-p P] [--seed S] MESSAGE
+                 chat with a causal LM (its tokenizer's chat template, through the OpenAI
+                 route); the answer streams as it is written, and each call continues the
+                 conversation with NAME until --new
           %lmserve status [NAME]   which server this kernel uses and its models; with NAME,
                                    the model's workers, ranks, pids and devices
           %lmserve scale NAME N    run N workers (within minWorkers..maxWorkers)
@@ -140,7 +148,7 @@ class LMServeMagics(Magics):
         if command in ("handler", "config") and cell is None:
             raise MagicError(f"%lmserve {command} is a cell magic: put `%%lmserve {command} NAME` on the first "
                              "line of a cell and the content below it")
-        if command != "query":  # a request is taken literally: JSON braces are not Python
+        if command not in ("query", "chat"):  # a request is taken literally: JSON braces are not Python
             rest = self._expand(rest)
         try:
             return getattr(self, "_" + command)(rest, cell)
@@ -291,6 +299,9 @@ class LMServeMagics(Magics):
                 return stop.value
             printed = print_partial(partial) or printed
 
+    def _chat(self, rest, cell):
+        self.conversations.chat(self.client(), rest, cell)
+
     def _status(self, rest, cell):
         args = self._args("status", rest)
         connection = discovery.current()
@@ -344,7 +355,8 @@ class LMServeMagics(Magics):
         print(f"connected to {connection.describe()}: lmjupyter {health.get('version', '?')}")
 
 
-SUBCOMMANDS = ("handler", "config", "deploy", "query", "status", "scale", "undeploy", "logs", "nodes", "panel",
+SUBCOMMANDS = ("handler", "config", "deploy", "query", "chat", "status", "scale", "undeploy", "logs", "nodes",
+               "panel",
                "connect")
 
 

@@ -17,6 +17,7 @@ import lmjupyter
 from lmjupyter.compat.torchserve.meta import request_meta
 from lmjupyter.engine.request import END_OF_STREAM, RequestFailed
 from lmjupyter.errors import ApiError
+from lmjupyter.server.openai.routes import ROUTES as OPENAI_ROUTES
 
 API = "lmserve/api"
 JSON_TYPE = "application/json"
@@ -251,6 +252,7 @@ ROUTES = [
     (rf"{API}/models/([^/]+)/versions/([^/]+)/default", DefaultVersionHandler),
     (rf"{API}/gpus", GpusHandler),
     ("lmserve/metrics", MetricsHandler),
+    *((f"lmserve/{pattern}", handler) for pattern, handler in OPENAI_ROUTES),  # OpenAI's API (server/openai/)
 ]
 
 
@@ -270,17 +272,19 @@ def _node_routes() -> list[tuple[str, type]]:
 ROUTES += _node_routes()
 
 
-def all_routes(torchserve_prefix: str = "") -> list[tuple[str, type]]:
-    """lmjupyter's routes, then TorchServe's (``/ping``, ``/predictions``, ``/models``) under ``torchserve_prefix``."""
+def all_routes(torchserve_prefix: str = "", openai_at_root: bool = False) -> list[tuple[str, type]]:
+    """lmjupyter's routes, then TorchServe's (``/ping``, ``/predictions``, ``/models``) under ``torchserve_prefix``;
+    ``openai_at_root``: OpenAI's ``/v1/...`` also at the root (lmjupyter serve), where OpenAI clients look for it."""
     from lmjupyter.compat.torchserve.rest import ROUTES as TORCHSERVE_ROUTES
 
-    return ROUTES + [(torchserve_prefix + pattern, mixin) for pattern, mixin in TORCHSERVE_ROUTES]
+    return (ROUTES + [(torchserve_prefix + pattern, mixin) for pattern, mixin in TORCHSERVE_ROUTES]
+            + (OPENAI_ROUTES if openai_at_root else []))
 
 
 def route_table(base_url: str, base_handler: type, wrap=lambda cls: cls,
-                torchserve_prefix: str = "") -> list[tuple[str, type]]:
+                torchserve_prefix: str = "", openai_at_root: bool = False) -> list[tuple[str, type]]:
     """The routes joined with a server's base handler; ``wrap`` may add auth decorators.
     TorchServe's paths sit at the root of ``lmjupyter serve`` and under ``lmserve/`` in Jupyter."""
     base_url = "/" + base_url.strip("/") + "/" if base_url.strip("/") else "/"
     return [(base_url + pattern, wrap(type(mixin.__name__, (mixin, base_handler), {})))
-            for pattern, mixin in all_routes(torchserve_prefix)]
+            for pattern, mixin in all_routes(torchserve_prefix, openai_at_root)]

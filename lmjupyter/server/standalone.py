@@ -35,12 +35,17 @@ class TokenAuthHandler(tornado.web.RequestHandler):
             self.set_status(401)
             self.set_header("WWW-Authenticate", "token")
             self.set_header("Content-Type", "application/json")
-            self.finish(json.dumps({"error": {"message": "missing or wrong token: send 'Authorization: token <T>'"}}))
+            self.finish(json.dumps(self.unauthorized_body("missing or wrong token: send 'Authorization: token <T>'")))
+
+    def unauthorized_body(self, message: str) -> dict:
+        """The 401's JSON; the OpenAI routes answer in OpenAI's shape."""
+        return {"error": {"message": message}}
 
 
 def make_app(engine: Engine, token: str) -> tornado.web.Application:
     """The route table behind the token; plain predict requests take the fast path (fast_predict.py)."""
-    return fast_predict.Application(route_table("/", TokenAuthHandler), log_function=log_request,
+    return fast_predict.Application(route_table("/", TokenAuthHandler, openai_at_root=True),
+                                    log_function=log_request,
                                     lmserve_engine=engine, lmserve_token=token)
 
 

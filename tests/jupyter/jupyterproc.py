@@ -103,6 +103,18 @@ class JupyterServer:
         return self.proc.returncode
 
 
+def _heartbeat_channel():
+    from jupyter_client.channels import HBChannel
+
+    class PatientHeartbeat(HBChannel):
+        """nbclient judges a kernel dead once its heartbeat is silent for ``time_to_dead`` (1 s), which a
+        kernel still importing on a loaded machine can be; 10 s still catches a dead one."""
+
+        time_to_dead = 10.0
+
+    return PatientHeartbeat
+
+
 class ServerKernel:
     """What nbclient asks of a KernelManager, for a kernel owned by the Jupyter server."""
 
@@ -143,7 +155,7 @@ class ServerKernel:
     def client(self, **kwargs):
         from jupyter_client.asynchronous import AsyncKernelClient
 
-        kc = AsyncKernelClient(**kwargs)
+        kc = AsyncKernelClient(hb_channel_class=_heartbeat_channel(), **kwargs)
         kc.load_connection_file(str(self.connection_file))
         return kc
 

@@ -1,4 +1,5 @@
 """The notebooks in notebooks/, executed with nbclient in kernels a real Jupyter server started."""
+import ast
 import time
 from pathlib import Path
 
@@ -53,5 +54,10 @@ def test_large_model(jupyter):
     nb, elapsed = _run(jupyter, "large_model.ipynb", timeout=300)
     everything = "\n".join(outputs_text(c) for c in nb.cells if c.cell_type == "code")
     assert "llama-pp: ready" in everything and "llama-tp: ready" in everything
+    chat = next(c for c in nb.cells if c.cell_type == "code" and "openai_client.chat" in c.source)
+    assert "openai chat: " in outputs_text(chat), outputs_text(chat)
+    answer = ast.literal_eval(chat.outputs[-1]["data"]["text/plain"])  # the cell's value: the answer, as repr
+    magic = next(c for c in nb.cells if c.cell_type == "code" and c.source.startswith("%lmserve chat"))
+    assert "".join(o.get("text", "") for o in magic.outputs).startswith(answer + "\n")  # streamed, the same text
     assert "undeployed llama-tp" in everything
     assert jupyter.lmserve("GET", "models").json()["models"] == []
