@@ -29,6 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="keep N torchrun groups started, torch imported, for the next worker starts of the "
                             "same shape (nproc, devices, environment): those skip torchrun's start and torch's "
                             "import, most of a cold start; each spare rank holds ~250 MB of RAM (default 0: off)")
+    serve.add_argument("--max-body-size", default="64M", metavar="SIZE",
+                       help="largest request body (bytes, or 64M, 1G); larger ones get 413 without being read (default 64M)")
+    serve.add_argument("--client-timeout", type=float, default=60.0, metavar="S",
+                       help="a client whose request headers or body take longer, or that stops reading a stream "
+                            "for this long, is disconnected (default 60)")
     serve.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto",
                        help="event loop: auto (the default) takes uvloop when it is installed "
                             "(pip install 'lmjupyter[fast]'; about 10-20%% less server CPU per request), else asyncio's")
@@ -57,12 +62,24 @@ def _serve(args) -> int:
 
     from lmjupyter.engine.engine import EngineSettings
     from lmjupyter.gpus import discover_gpus
-    from lmjupyter.server.standalone import serve
+    from lmjupyter.server.limits import parse_size
+    from lmjupyter.server.standalone import ServeError, serve
 
     try:
         gpus = discover_gpus(args.gpus)
     except ValueError as exc:
         print(f"lmjupyter serve: --gpus: {exc}", file=sys.stderr)
+        return 2
+    try:
+        max_body_size = parse_size(args.max_body_size)
+    except ValueError as exc:
+        print(f"lmjupyter serve: --max-body-size: {exc}", file=sys.stderr)
+        return 2
+    if not 0 <= args.port <= 65535:  # the socket layer would silently take the port modulo 65536
+        print(f"lmjupyter serve: --port {args.port}: expected 0-65535 (0 picks a free port)", file=sys.stderr)
+        return 2
+    if not args.client_timeout > 0:
+        print("lmjupyter serve: --client-timeout: expected a number of seconds > 0", file=sys.stderr)
         return 2
     model_store = os.path.abspath(args.model_store) if args.model_store else None
     if model_store:
@@ -77,7 +94,12 @@ def _serve(args) -> int:
               file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(levelname)s %(name)s] %(message)s")
-    run(serve(args.host, args.port, args.token, settings))
+    try:
+        run(serve(args.host, args.port, args.token, settings, max_body_size=max_body_size,
+                  client_timeout=args.client_timeout))
+    except ServeError as exc:
+        print(f"lmjupyter serve: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -94,8 +94,7 @@ class ModelStore:
             os.close(fd)
             self.problem = (f"model store {self.path} is in use by another lmjupyter server (pid {holder}); "
                             "this server neither restores nor records models there")
-            log.error(self.problem)
-            return
+            return  # lmjupyter serve stops with this line; in Jupyter, restore() logs and lists it
         except OSError as exc:  # a file system without locks (some NFS mounts): record, unguarded
             log.warning("cannot lock the model store %s (%s); no other server may use it", self.path, exc)
         os.ftruncate(fd, 0)
@@ -171,6 +170,7 @@ class ModelStore:
         """Deploy every recorded version again; report (never raise) what cannot come back."""
         if not self.recording:
             if self.problem:
+                log.error(self.problem)
                 engine.restore_errors.append({"message": self.problem})
             return
         entries, errors, raw = self.read()

@@ -18,6 +18,7 @@ from lmjupyter.engine.engine import Engine, EngineSettings
 from lmjupyter.gpus import discover_gpus
 from lmjupyter.jupyter_server_ext.handlers import LMServeHandler, protect
 from lmjupyter.server.api import route_table
+from lmjupyter.server.limits import DEFAULT_MAX_BODY_SIZE
 
 ENV_URL, ENV_TOKEN, ENV_SERVER_PID = "LMJUPYTER_URL", "LMJUPYTER_TOKEN", "LMJUPYTER_SERVER_PID"
 _WILDCARDS = {"", "0.0.0.0", "*", "::", "localhost"}
@@ -41,6 +42,9 @@ class LMServe(ExtensionApp):
         "server's root_dir and the model store."))
     install_requirements = Bool(False, config=True, help=(
         "pip-install the requirements file an archive lists, per model (never into this environment)."))
+    max_body_size = Int(DEFAULT_MAX_BODY_SIZE, config=True, help=(
+        "Largest request body (bytes) the lmserve routes take; a larger one is answered 413 "
+        "without being read whole."))
     export_environment = Bool(True, config=True, help=(
         "Export LMJUPYTER_URL and LMJUPYTER_TOKEN to the environment kernels inherit, so "
         "that %lmserve and lmjupyter.discovery.connect() find this server."))
@@ -61,7 +65,8 @@ class LMServe(ExtensionApp):
         identity = self.serverapp.identity_provider
         # Password-only servers have no token a kernel could send: mint one these routes accept.
         self.kernel_token = None if identity.token or not identity.auth_enabled else secrets.token_urlsafe(32)
-        self.settings.update(lmserve_engine=self.engine, lmserve_kernel_token=self.kernel_token)
+        self.settings.update(lmserve_engine=self.engine, lmserve_kernel_token=self.kernel_token,
+                             lmserve_max_body_size=self.max_body_size)
         self.log.info("lmjupyter: routes at %slmserve/ (GPUs: %s, roots: %s)",
                       self.serverapp.base_url, gpus or "none", ", ".join(self.engine.allowed_roots))
 

@@ -35,7 +35,9 @@ class LMServeHandler(APIHandler):
 
     async def prepare(self):
         self._accept_kernel_token()
-        return await super().prepare()
+        await super().prepare()
+        if self.current_user is None:  # before a streamed body is read (@authenticated runs after it)
+            raise tornado.web.HTTPError(403)
 
     def _accept_kernel_token(self) -> None:
         """Password-only servers: accept the kernels' private token on these routes only.

@@ -7,6 +7,7 @@ is found in ``self.settings["lmserve_engine"]``.
 """
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import time
@@ -16,6 +17,7 @@ from tornado.iostream import StreamClosedError
 import lmjupyter
 from lmjupyter.engine.request import END_OF_STREAM, RequestFailed
 from lmjupyter.errors import ApiError
+from lmjupyter.server.limits import DEFAULT_CLIENT_TIMEOUT, StreamedBody
 
 API = "lmserve/api"
 JSON_TYPE = "application/json"
@@ -25,6 +27,9 @@ def api_errors(method):
     """Turn refusals into JSON errors with the right status; never an HTML page."""
     @functools.wraps(method)
     async def wrapper(self, *args, **kwargs):
+        if not self.join_body():
+            self.refuse_oversize(None)
+            return
         try:
             return await method(self, *args, **kwargs)
         except ApiError as exc:
@@ -34,20 +39,32 @@ def api_errors(method):
     return wrapper
 
 
-class ApiMixin:
-    """What every route shares: the engine, JSON in, JSON out."""
+class ApiMixin(StreamedBody):
+    """What every route shares: the engine, JSON in, JSON out, a bounded body."""
 
     @property
     def engine(self):
         return self.settings["lmserve_engine"]
+
+    async def prepare(self):
+        """The server's auth first; then an announced body over the limit is refused before it is read."""
+        result = super().prepare()
+        if result is not None:
+            await result
+        if not self._finished and self.announced_too_large():
+            self.refuse_oversize(int(self.request.headers["Content-Length"]))
+
+    def refuse_oversize(self, size: int | None) -> None:
+        self.set_header("Connection", "close")  # the rest of the body is not read
+        self.send_error_json(413, {"error": {"message": self.oversize_message(size)}})
 
     def json_body(self):
         if not self.request.body:
             return {}
         try:
             return json.loads(self.request.body)
-        except ValueError as exc:
-            raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+        except (ValueError, RecursionError) as exc:  # RecursionError: arrays nested thousands deep
+            raise ApiError(400, f"request body is not valid JSON: {type(exc).__name__}: {exc}") from None
 
     def send_json(self, data, status: int = 200) -> None:
         self.set_status(status)
@@ -175,9 +192,15 @@ class PredictHandler(ApiMixin):
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")
         try:
+            stall = self.settings.get("lmserve_client_timeout", DEFAULT_CLIENT_TIMEOUT)
             while (partial := await request.partials.get()) is not END_OF_STREAM:
                 self.write(_ndjson_line("partial", partial))
-                await self.flush()
+                try:  # a client that stopped reading must not hold its request (and our memory) forever
+                    await asyncio.wait_for(asyncio.shield(self.flush()), stall)
+                except asyncio.TimeoutError:
+                    request.cancelled = True
+                    self.request.connection.close()
+                    return 408
             try:
                 answer = request.future.result()
                 line, status = _ndjson_line("result", answer), answer[0]
@@ -223,5 +246,6 @@ ROUTES = [
 def route_table(base_url: str, base_handler: type, wrap=lambda cls: cls) -> list[tuple[str, type]]:
     """The routes joined with a server's base handler; ``wrap`` may add auth decorators."""
     base_url = "/" + base_url.strip("/") + "/" if base_url.strip("/") else "/"
-    return [(base_url + pattern, wrap(type(mixin.__name__, (mixin, base_handler), {})))
+    # _stream_request_body: Tornado hands the body over in chunks (limits.StreamedBody bounds it)
+    return [(base_url + pattern, wrap(type(mixin.__name__, (mixin, base_handler), {"_stream_request_body": True})))
             for pattern, mixin in ROUTES]
