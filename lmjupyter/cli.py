@@ -29,6 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="keep N torchrun groups started, torch imported, for the next worker starts of the "
                             "same shape (nproc, devices, environment): those skip torchrun's start and torch's "
                             "import, most of a cold start; each spare rank holds ~250 MB of RAM (default 0: off)")
+    serve.add_argument("--archive-max-size", default="64G", metavar="SIZE",
+                       help="most bytes one archive may unpack to (default 64G)")
+    serve.add_argument("--archive-max-files", type=int, default=100_000, metavar="N",
+                       help="most members one archive may have (default 100000)")
     serve.add_argument("--max-body-size", default="64M", metavar="SIZE",
                        help="largest request body (bytes, or 64M, 1G); larger ones get 413 without being read (default 64M)")
     serve.add_argument("--client-timeout", type=float, default=60.0, metavar="S",
@@ -62,6 +66,7 @@ def _serve(args) -> int:
 
     from lmjupyter.engine.engine import EngineSettings
     from lmjupyter.gpus import discover_gpus
+    from lmjupyter.archive.unpack import UnpackLimits
     from lmjupyter.server.limits import parse_size
     from lmjupyter.server.standalone import ServeError, serve
 
@@ -75,6 +80,12 @@ def _serve(args) -> int:
     except ValueError as exc:
         print(f"lmjupyter serve: --max-body-size: {exc}", file=sys.stderr)
         return 2
+    try:
+        archive_limits = UnpackLimits(max_bytes=parse_size(args.archive_max_size),
+                                      max_members=max(1, args.archive_max_files))
+    except ValueError as exc:
+        print(f"lmjupyter serve: --archive-max-size: {exc}", file=sys.stderr)
+        return 2
     if not 0 <= args.port <= 65535:  # the socket layer would silently take the port modulo 65536
         print(f"lmjupyter serve: --port {args.port}: expected 0-65535 (0 picks a free port)", file=sys.stderr)
         return 2
@@ -87,7 +98,7 @@ def _serve(args) -> int:
     settings = EngineSettings(root_dir=os.getcwd(), model_store=model_store, gpus=gpus,
                               allowed_roots=[os.path.abspath(p) for p in args.allow_root],
                               install_requirements=args.install_requirements,
-                              warm_spares=max(0, args.warm_spares))
+                              warm_spares=max(0, args.warm_spares), archive_limits=archive_limits)
     run = _event_loop(args.loop)
     if run is None:
         print("lmjupyter serve: --loop uvloop: uvloop is not installed (pip install 'lmjupyter[fast]')",

@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 import lmjupyter
 from lmjupyter.archive.manifest import VERSION_PATTERN
+from lmjupyter.archive.unpack import UnpackLimits
 from lmjupyter.config import ConfigError, ModelConfig, load_config
 from lmjupyter.engine.metrics import EngineMetrics
 from lmjupyter.engine.model import ServedModel
@@ -51,6 +52,7 @@ class EngineSettings:
     allowed_roots: list[str] = field(default_factory=list)
     install_requirements: bool = False  # default of the deploy key: pip-install archives' requirements
     warm_spares: int = 0  # torchrun groups kept started with torch imported (engine/spares.py)
+    archive_limits: UnpackLimits = field(default_factory=UnpackLimits)  # zip and tar bombs
 
 
 class Engine:
@@ -67,7 +69,7 @@ class Engine:
         self._defaults: dict[str, str] = {}  # name -> the version /models/{name} means
         self._starting: set[asyncio.Task] = set()
         self.restore_errors: list[dict] = []  # snapshot entries that could not come back
-        self.store = ModelStore(settings.model_store, self.run_dir)
+        self.store = ModelStore(settings.model_store, self.run_dir, settings.archive_limits)
         if not settings.model_store:  # archives then unpack into the private run directory
             self.allowed_roots.append(os.path.realpath(self.store.unpack_root))
         self.listeners.append(lambda: self.store.save(self))
@@ -226,6 +228,10 @@ class Engine:
                                                "maxWorkers": max(workers, config.maxWorkers)})
         if config.deviceType is None:
             config = config.model_copy(update={"deviceType": "gpu" if self.allocator.gpus else "cpu"})
+        given = body.get("version")
+        if given is not None and not (isinstance(given, str) or
+                                      (isinstance(given, int) and not isinstance(given, bool) and given >= 0)):
+            raise ApiError(400, f"version = {body['version']!r}: expected a string (or a whole number)", key="version")
         version = str(body["version"] if body.get("version") is not None else (archive and archive.version) or "1")
         if not VERSION_PATTERN.match(version):
             raise ApiError(400, f"version = {version!r}: expected 1-64 letters, digits, '.', '_', '+' or '-'",
@@ -293,7 +299,7 @@ class Engine:
         """A real path inside the allowed roots, or a 400 naming the key (no URLs, no escapes)."""
         if value is None:
             return None
-        if not isinstance(value, str) or not value:
+        if not isinstance(value, str) or not value or "\0" in value:
             raise ApiError(400, f"{key} = {value!r}: expected a path", key=key)
         if "://" in value:
             raise ApiError(400, f"{key} = {value!r}: only local paths are accepted, not URLs", key=key)

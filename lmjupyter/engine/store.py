@@ -30,7 +30,7 @@ import time
 from lmjupyter import __version__
 from lmjupyter.archive.manifest import ArchiveError
 from lmjupyter.archive.requirements import RequirementsError, install_requirements
-from lmjupyter.archive.unpack import UnpackedArchive, open_archive
+from lmjupyter.archive.unpack import UnpackedArchive, UnpackLimits, open_archive
 from lmjupyter.engine.states import ModelState
 from lmjupyter.errors import ApiError
 
@@ -40,8 +40,9 @@ FORMAT = "lmjupyter-registry"
 
 
 class ModelStore:
-    def __init__(self, path: str | None, run_dir: str):
+    def __init__(self, path: str | None, run_dir: str, limits: UnpackLimits = UnpackLimits()):
         self.path = path
+        self.limits = limits
         private = os.path.join(path, ".lmjupyter") if path else run_dir
         self.unpack_root = os.path.join(private, "unpacked")
         self.requirements_root = os.path.join(private, "requirements")
@@ -54,12 +55,14 @@ class ModelStore:
         self._used: set[str] = set()  # unpacked and requirement folders deploys of this server used
         if path:
             self._lock(private)
+        if self.recording:
+            self._remove_interrupted_unpacks()
 
     # ---- archives and requirements -------------------------------------------------------------
     async def open_archive(self, path: str) -> UnpackedArchive:
         """Unpack (in a thread: archives may be gigabytes) or open in place; 400 when unusable."""
         try:
-            archive = await asyncio.to_thread(open_archive, path, self.unpack_root)
+            archive = await asyncio.to_thread(open_archive, path, self.unpack_root, self.limits)
         except ArchiveError as exc:
             raise ApiError(400, f"archive: {exc}", key="archive") from None
         self._used.add(os.path.realpath(archive.model_dir))
@@ -82,6 +85,14 @@ class ModelStore:
                 if not any(os.path.commonpath([used, real]) == real for used in self._used):
                     log.info("removing unused %s", folder)
                     shutil.rmtree(folder, ignore_errors=True)
+
+    def _remove_interrupted_unpacks(self) -> None:
+        """``.unpacking-*`` folders of a server that died mid-unpack (none can be running: we hold the lock)."""
+        if os.path.isdir(self.unpack_root):
+            for child in os.listdir(self.unpack_root):
+                if child.startswith(".unpacking-"):
+                    log.info("removing %s, left by an unpack that was interrupted", child)
+                    shutil.rmtree(os.path.join(self.unpack_root, child), ignore_errors=True)
 
     def _lock(self, private: str) -> None:
         """One server per store: two would overwrite each other's registry."""

@@ -14,6 +14,7 @@ import secrets
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Int, List, Unicode
 
+from lmjupyter.archive.unpack import UnpackLimits
 from lmjupyter.engine.engine import Engine, EngineSettings
 from lmjupyter.gpus import discover_gpus
 from lmjupyter.jupyter_server_ext.handlers import LMServeHandler, protect
@@ -45,6 +46,9 @@ class LMServe(ExtensionApp):
     max_body_size = Int(DEFAULT_MAX_BODY_SIZE, config=True, help=(
         "Largest request body (bytes) the lmserve routes take; a larger one is answered 413 "
         "without being read whole."))
+    archive_max_size = Int(UnpackLimits.max_bytes, config=True, help=(
+        "Most bytes one model archive may unpack to (zip and tar bombs stop there)."))
+    archive_max_files = Int(UnpackLimits.max_members, config=True, help="Most members one model archive may have.")
     export_environment = Bool(True, config=True, help=(
         "Export LMJUPYTER_URL and LMJUPYTER_TOKEN to the environment kernels inherit, so "
         "that %lmserve and lmjupyter.discovery.connect() find this server."))
@@ -61,7 +65,8 @@ class LMServe(ExtensionApp):
         self.engine = Engine(EngineSettings(
             root_dir=root_dir, model_store=store, gpus=gpus,
             allowed_roots=[os.path.realpath(os.path.expanduser(p)) for p in self.allow_roots],
-            install_requirements=self.install_requirements))
+            install_requirements=self.install_requirements,
+            archive_limits=UnpackLimits(max_bytes=self.archive_max_size, max_members=self.archive_max_files)))
         identity = self.serverapp.identity_provider
         # Password-only servers have no token a kernel could send: mint one these routes accept.
         self.kernel_token = None if identity.token or not identity.auth_enabled else secrets.token_urlsafe(32)

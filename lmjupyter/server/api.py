@@ -21,6 +21,7 @@ from lmjupyter.server.limits import DEFAULT_CLIENT_TIMEOUT, StreamedBody
 
 API = "lmserve/api"
 JSON_TYPE = "application/json"
+STREAM_VALUES = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 
 
 def api_errors(method):
@@ -169,7 +170,9 @@ class PredictHandler(ApiMixin):
     async def post(self, name, version=None):
         model = self.engine.model(name, version)
         started = time.perf_counter()
-        stream = self.get_argument("stream", "0").lower() in ("1", "true", "yes")
+        stream = STREAM_VALUES.get(self.get_argument("stream", "0"))
+        if stream is None:
+            raise ApiError(400, f"stream = {self.get_argument('stream')!r}: expected 1 or 0", key="stream")
         content_type = self.request.headers.get("Content-Type", JSON_TYPE)
         status = 500
         try:
