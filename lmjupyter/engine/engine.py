@@ -130,6 +130,8 @@ class Engine:
 
     def logs(self, name: str, rank: int | None = None, tail: int = 100, version: str | None = None) -> list[dict]:
         model = self.model(name, version)
+        if rank is not None and not 0 <= rank < model.config.nproc:
+            raise ApiError(400, f"rank = {rank}: model {name} has ranks 0..{model.config.nproc - 1}", key="rank")
         out = []
         for worker_id in sorted(model.workers):
             log_dir = self._log_dir(model.name, model.version, worker_id)

@@ -5,6 +5,7 @@ import os
 
 import schemathesis
 from schemathesis import GenerationMode
+from schemathesis.core.parameters import ParameterLocation
 
 SPEC = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "openapi.yaml")
 ECHO = "echo"  # deployed on every fuzzed server: fuzzed calls on a real model, not only 404s
@@ -33,7 +34,9 @@ def load_schema(base_url: str, token: str, max_examples: int):
     schema.config.update(base_url=base_url.rstrip("/"), headers={"Authorization": f"token {token}"},
                          request_timeout=60)
     schema.config.generation.update(modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE],
-                                    max_examples=max_examples, deterministic=True, database="none")
+                                    max_examples=max_examples, deterministic=True, database="none",
+                                    # unknown query parameters are ignored, as Tornado and Jupyter do
+                                    allow_extra_parameters=False)
     return schema
 
 
@@ -60,7 +63,8 @@ def fuzz_call(case, calls: list) -> None:
             and isinstance(body.get("dry_run", False), bool):
         body["dry_run"] = True
     targets = [None]
-    if "name" in (case.path_parameters or {}) and case.method != "DELETE":
+    negative_path = case.meta is not None and case.meta.is_negative_at(ParameterLocation.PATH)
+    if "name" in (case.path_parameters or {}) and case.method != "DELETE" and not negative_path:
         targets.append(ECHO)
     for name in targets:
         if name is not None:
