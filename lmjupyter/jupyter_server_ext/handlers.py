@@ -36,7 +36,8 @@ class LMServeHandler(APIHandler):
     async def prepare(self):
         self._accept_kernel_token()
         await super().prepare()
-        if self.current_user is None:  # before a streamed body is read (@authenticated runs after it)
+        # Before a streamed body is read (@authenticated runs after it); CORS preflights stay Jupyter's.
+        if self.current_user is None and self.request.method != "OPTIONS":
             raise tornado.web.HTTPError(403)
 
     def _accept_kernel_token(self) -> None:

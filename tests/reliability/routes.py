@@ -15,9 +15,9 @@ def mounted(app: tornado.web.Application, base: type = tornado.web.RequestHandle
     """(METHOD, path with every group filled, handler class) for each verb each mounted handler
     (a subclass of ``base``) implements."""
     out = []
-    for rule in _rules(app.wildcard_router):
+    for rule in _rules(app.default_router):  # add_handlers() rules, then the wildcard router's
         target = rule.target
-        if not (isinstance(target, type) and issubclass(target, base)):
+        if not (isinstance(target, type) and issubclass(target, base)) or not hasattr(rule.matcher, "regex"):
             continue
         pattern = rule.matcher.regex.pattern
         path = concrete(pattern)
