@@ -53,16 +53,22 @@ def slowloris(url: str, count: int) -> list[socket.socket]:
 
 
 def drop_mid_request(url: str, token: str, model: str, count: int) -> None:
-    """``count`` connections, each cut at a different point of a request: in the headers, in the
-    body, or after the whole request before reading the answer (an RST, not a clean close)."""
+    """``count`` connections open at once, each cut at a different point of a request: in the
+    headers, in the body, or after the whole request before reading the answer; then all are
+    dropped together (an RST, not a clean close)."""
     body = b'{"x": "' + b"y" * 4000 + b'"}'
     head = predict_head(url, token, model, len(body))
-    for i in range(count):
-        sock = connect(url)
-        cut = (len(head) // 2, len(head) + len(body) // 2, len(head) + len(body))[i % 3]
-        sock.sendall((head + body)[:cut])
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST
-        sock.close()
+    socks = []
+    try:
+        for i in range(count):
+            sock = connect(url)
+            socks.append(sock)
+            cut = (len(head) // 2, len(head) + len(body) // 2, len(head) + len(body))[i % 3]
+            sock.sendall((head + body)[:cut])
+    finally:
+        for sock in socks:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST
+            sock.close()
 
 
 def open_fds(pid: int) -> int:
