@@ -64,9 +64,9 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(args) -> int:
     import logging
 
+    from lmjupyter.archive.unpack import UnpackLimits
     from lmjupyter.engine.engine import EngineSettings
     from lmjupyter.gpus import discover_gpus
-    from lmjupyter.archive.unpack import UnpackLimits
     from lmjupyter.server.limits import parse_size
     from lmjupyter.server.standalone import ServeError, serve
 
