@@ -45,6 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--node-timeout", type=float, default=10.0, metavar="S",
                        help="seconds without a heartbeat after which an agent counts as lost and its worker "
                             "groups restart (default 10)")
+    serve.add_argument("--archive-max-size", default="64G", metavar="SIZE",
+                       help="most bytes one archive may unpack to (default 64G)")
+    serve.add_argument("--archive-max-files", type=int, default=100_000, metavar="N",
+                       help="most members one archive may have (default 100000)")
+    serve.add_argument("--max-body-size", default="64M", metavar="SIZE",
+                       help="largest request body (bytes, or 64M, 1G); larger ones get 413 without being read (default 64M)")
+    serve.add_argument("--client-timeout", type=float, default=60.0, metavar="S",
+                       help="a client whose request headers or body take longer, or that stops reading a stream "
+                            "for this long, is disconnected (default 60)")
     serve.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto",
                        help="event loop: auto (the default) takes uvloop when it is installed "
                             "(pip install 'lmjupyter[fast]'; about 10-20%% less server CPU per request), else asyncio's")
@@ -81,14 +90,33 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(args) -> int:
     import logging
 
+    from lmjupyter.archive.unpack import UnpackLimits
     from lmjupyter.engine.engine import EngineSettings
     from lmjupyter.gpus import discover_gpus
-    from lmjupyter.server.standalone import serve
+    from lmjupyter.server.limits import parse_size
+    from lmjupyter.server.standalone import ServeError, serve
 
     try:
         gpus = discover_gpus(args.gpus)
     except ValueError as exc:
         print(f"lmjupyter serve: --gpus: {exc}", file=sys.stderr)
+        return 2
+    try:
+        max_body_size = parse_size(args.max_body_size)
+    except ValueError as exc:
+        print(f"lmjupyter serve: --max-body-size: {exc}", file=sys.stderr)
+        return 2
+    try:
+        archive_limits = UnpackLimits(max_bytes=parse_size(args.archive_max_size),
+                                      max_members=max(1, args.archive_max_files))
+    except ValueError as exc:
+        print(f"lmjupyter serve: --archive-max-size: {exc}", file=sys.stderr)
+        return 2
+    if not 0 <= args.port <= 65535:  # the socket layer would silently take the port modulo 65536
+        print(f"lmjupyter serve: --port {args.port}: expected 0-65535 (0 picks a free port)", file=sys.stderr)
+        return 2
+    if not args.client_timeout > 0:
+        print("lmjupyter serve: --client-timeout: expected a number of seconds > 0", file=sys.stderr)
         return 2
     model_store = os.path.abspath(args.model_store) if args.model_store else None
     if model_store:
@@ -105,14 +133,20 @@ def _serve(args) -> int:
                               preload=None if args.preload is None else
                               [m for value in args.preload for m in value.split(",") if m],
                               node_address=node_address, node_port=args.node_port,
-                              node_timeout=max(1.0, args.node_timeout))
+                              node_timeout=max(1.0, args.node_timeout),
+                              archive_limits=archive_limits)
     run = _event_loop(args.loop)
     if run is None:
         print("lmjupyter serve: --loop uvloop: uvloop is not installed (pip install 'lmjupyter[fast]')",
               file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(levelname)s %(name)s] %(message)s")
-    run(serve(args.host, args.port, args.token, settings))
+    try:
+        run(serve(args.host, args.port, args.token, settings, max_body_size=max_body_size,
+                  client_timeout=args.client_timeout))
+    except ServeError as exc:
+        print(f"lmjupyter serve: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

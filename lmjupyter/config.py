@@ -9,6 +9,11 @@ the nearest known key, as TorchServe users often carry keys we do not use.
 from __future__ import annotations
 
 import difflib
+import functools
+import importlib.util
+import math
+import os
+import re
 from typing import Any, Literal
 
 import yaml
@@ -27,6 +32,12 @@ class ConfigError(ValueError):
         return {"message": str(self), "key": self.key, "line": self.line}
 
 
+MAX_TIMEOUT_S = 7 * 24 * 3600  # a week: longer is a typo, and overflows timers (timedelta) further down
+MAX_NESTING = 32               # levels of lists and mappings in a config
+MAX_VALUES = 100_000           # values in a config, counting every use of a YAML alias
+MAX_CONFIG_CHARS = 1 << 20     # model-config.yaml text
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True, strict=True)
 
@@ -39,16 +50,44 @@ class TorchrunConfig(_Section):
     # Hosts per worker group (lmjupyter/nodes/): this server's host plus nnodes-1 `lmjupyter node` agents.
     nnodes: int | None = Field(None, ge=1, le=1024)
 
+    @model_validator(mode="after")
+    def _options_torchrun_knows(self):
+        """Refused here, not by a torchrun that exits at start: unknown options and non-scalar values."""
+        known = torchrun_options()
+        for key, value in self.passthrough().items():
+            if known and key not in known:
+                hint = difflib.get_close_matches(key, sorted(known), n=1)
+                nearest = f"; did you mean {hint[0]!r}?" if hint else " (torchrun --help lists them)"
+                raise _KeyedError(f"torchrun.{key}", value, f"an option torchrun knows{nearest}")
+            if not (value is None or isinstance(value, (str, bool, int)) or
+                    (isinstance(value, float) and math.isfinite(value))):
+                raise _KeyedError(f"torchrun.{key}", value, "a string, number or true/false")
+        return self
+
     def passthrough(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
 
 
+@functools.lru_cache(maxsize=1)
+def torchrun_options() -> frozenset[str]:
+    """The option names the installed torchrun accepts, read from its source (importing torch
+    would cost the server seconds and hundreds of MB); empty when it cannot be found."""
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.origin:
+        return frozenset()
+    try:
+        with open(os.path.join(os.path.dirname(spec.origin), "distributed", "run.py"), encoding="utf-8") as f:
+            return frozenset(re.findall(r"[\"']--([A-Za-z][A-Za-z0-9_-]*)[\"']", f.read()))
+    except OSError:
+        return frozenset()
+
+
 class PippyConfig(_Section):
-    chunks: int = Field(1, ge=1)
+    chunks: int = Field(1, ge=1, le=4096)
     input_names: list[str] = ["input_ids"]
     model_type: str = "HF"
-    rpc_timeout: int = Field(1800, ge=1)
-    num_worker_threads: int = Field(512, ge=1)
+    rpc_timeout: int = Field(1800, ge=1, le=MAX_TIMEOUT_S)
+    num_worker_threads: int = Field(512, ge=1, le=65536)
 
 
 class DeepSpeedConfig(_Section):
@@ -65,8 +104,8 @@ class ModelConfig(BaseModel):
     maxWorkers: int | None = Field(None, ge=1, le=256)
     batchSize: int = Field(1, ge=1, le=4096)
     maxBatchDelay: int = Field(100, ge=0, le=600_000)
-    responseTimeout: int = Field(120, ge=1)
-    startupTimeout: int = Field(120, ge=1)
+    responseTimeout: int = Field(120, ge=1, le=MAX_TIMEOUT_S)
+    startupTimeout: int = Field(120, ge=1, le=MAX_TIMEOUT_S)
     deviceType: Literal["cpu", "gpu"] | None = None
     deviceIds: list[int] | None = None
     parallelType: Literal["pp", "tp", "pptp"] | None = None
@@ -136,19 +175,25 @@ def load_config(source: str | dict | None, *, filename: str = "model-config.yaml
     if source is None:
         data: Any = {}
     elif isinstance(source, str):
+        if len(source) > MAX_CONFIG_CHARS:
+            raise ConfigError(f"{filename}: {len(source)} characters; a model config may have at most {MAX_CONFIG_CHARS}")
         try:
+            _check_yaml_shape(source, filename)
             root_node = yaml.compose(source, Loader=yaml.SafeLoader)
             data = yaml.safe_load(source)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line = mark.line + 1 if mark else None
             raise ConfigError(f"{filename}: not valid YAML{_at(line)}: {exc}", line=line) from None
+        except RecursionError:  # PyYAML composes recursively
+            raise ConfigError(f"{filename}: nested more than {MAX_NESTING} levels deep") from None
     else:
         data = source
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{filename}: expected a mapping of keys to values, got {type(data).__name__}")
+    _check_plain_data(data, root_node, filename)
 
     warnings = []
     known = {}
@@ -169,6 +214,69 @@ def load_config(source: str | dict | None, *, filename: str = "model-config.yaml
         raise _to_config_error(exc, data, root_node, filename) from None
     except _KeyedError as exc:
         raise _keyed(exc.key, exc.value, exc.expected, root_node, filename) from None
+
+
+def _check_yaml_shape(source: str, filename: str) -> None:
+    """Depth and size (every alias use counted with what it stands for) from the event stream,
+    which PyYAML produces without recursion: a deep or exploding document is refused in
+    linear time, before the recursive composer sees it."""
+    sizes: dict[str, int] = {}       # anchor -> values it stands for
+    stack: list[list] = []           # open collections: [values so far, anchor]
+    total = 0
+    for event in yaml.parse(source, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            stack.append([0, event.anchor])
+            if len(stack) > MAX_NESTING + 1:
+                line = event.start_mark.line + 1
+                raise ConfigError(f"{filename}: nested more than {MAX_NESTING} levels deep{_at(line)}", line=line)
+            continue
+        if isinstance(event, yaml.CollectionEndEvent):
+            count, anchor = stack.pop()
+            size = count + 1
+        elif isinstance(event, yaml.AliasEvent):
+            size = sizes.get(event.anchor, 1)
+            total += size
+        elif isinstance(event, yaml.ScalarEvent):
+            size, anchor = 1, event.anchor
+            total += 1
+        else:
+            continue
+        if isinstance(event, (yaml.CollectionEndEvent, yaml.ScalarEvent)) and anchor:
+            sizes[anchor] = size
+        if stack:
+            stack[-1][0] += size
+        if total > MAX_VALUES:
+            line = event.start_mark.line + 1
+            raise ConfigError(f"{filename}: more than {MAX_VALUES} values{_at(line)} "
+                              "(YAML aliases count each use)", line=line)
+
+
+def _check_plain_data(data: dict, root_node, filename: str) -> None:
+    """Only what JSON can carry (the config travels as JSON to ranks, clients and the registry),
+    bounded in depth and size: YAML dates, binary and NaN, or an alias bomb, are refused by key."""
+    seen = 0
+    todo: list[tuple[tuple, Any]] = [((key,), value) for key, value in data.items()]
+    while todo:
+        loc, value = todo.pop()
+        seen += 1
+        key = ".".join(str(p) for p in loc)
+        if seen > MAX_VALUES:
+            raise _keyed(key, "...", f"a config of at most {MAX_VALUES} values (YAML aliases count each use)",
+                         root_node, filename, loc=loc)
+        if len(loc) > MAX_NESTING:
+            raise _keyed(key, "...", f"at most {MAX_NESTING} levels of nesting", root_node, filename, loc=loc)
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if not (k is None or isinstance(k, (str, int, bool))):
+                    raise _keyed(key, k, "keys that are strings or numbers", root_node, filename, loc=loc)
+                todo.append(((*loc, k), v))
+        elif isinstance(value, list):
+            todo.extend(((*loc, i), v) for i, v in enumerate(value))
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise _keyed(key, value, "a finite number", root_node, filename, loc=loc)
+        elif not (value is None or isinstance(value, (str, int, float, bool))):
+            raise _keyed(key, value, f"a string, number, true/false, list or mapping (not a YAML "
+                                     f"{type(value).__name__})", root_node, filename, loc=loc)
 
 
 def _coerce_yaml_numbers(data: dict) -> dict:

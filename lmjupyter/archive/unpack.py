@@ -6,7 +6,9 @@ where the key follows the file's identity (path, inode, size, mtime): deploying
 it again, or restoring it after a restart, reuses the folder. Members are
 checked before anything is written (no absolute paths, no ``..``, no links that
 leave the folder, no devices: tarfile's ``data`` filter, and the same rules for
-zip names); files are streamed and their sha256 compared with the manifest. An
+zip names); files are streamed and their sha256 compared with the manifest, and
+bounded while they are written (:class:`UnpackLimits`: unpacked size, member
+count, expansion ratio, free disk), so zip and tar bombs stop early. An
 archive *folder* (``--archive-format no-archive``, or an unpacked archive) is
 used where it is, so big checkpoints are never copied.
 """
@@ -46,10 +48,78 @@ class UnpackedArchive:
     warnings: list[str] = field(default_factory=list)
 
 
-def open_archive(source: str, unpack_root: str) -> UnpackedArchive:
+@dataclass(frozen=True)
+class UnpackLimits:
+    """How much one archive may unpack to; over any of them the unpack stops and nothing is kept.
+
+    ``max_bytes`` and ``max_members`` are the server's ``--archive-max-size`` and
+    ``--archive-max-files`` (``c.LMServe.archive_max_size``, ``archive_max_files``). Past
+    ``ratio_floor`` bytes an archive may not expand to more than ``max_ratio`` times its own size
+    (checkpoints barely compress; bombs expand thousands of times), and an unpack never leaves
+    less than ``disk_reserve`` bytes free on the store's disk.
+    """
+
+    max_bytes: int = 64 << 30
+    max_members: int = 100_000
+    max_ratio: int = 200
+    ratio_floor: int = 1 << 30
+    disk_reserve: int = 1 << 30
+
+
+class _Budget:
+    """Counts members and bytes as they are written (``copy_hashing``'s progress hook)."""
+
+    def __init__(self, path: str, dest: str, limits: UnpackLimits):
+        self.path, self.limits = path, limits
+        self.archive_size = max(1, os.path.getsize(path))
+        self.disk_room = shutil.disk_usage(dest).free - limits.disk_reserve
+        self.written = self.members = 0
+
+    def declared(self, members: int, size: int) -> None:
+        """What a zip's directory announces, checked before anything is written (the real bytes
+        are counted again as they are written: declared sizes can lie)."""
+        self._check_members(members)
+        self._check(size, "(declared sizes)")
+
+    def member(self, name: str, declared_size: int = 0) -> None:
+        self.members += 1
+        self._check_members(self.members)
+        self._check(self.written + declared_size, name)
+
+    def _check_members(self, count: int) -> None:
+        if count > self.limits.max_members:
+            raise ArchiveError(f"{self.path} has more than {self.limits.max_members} members, the server's limit "
+                               "(lmjupyter serve --archive-max-files, c.LMServe.archive_max_files)")
+
+    def add(self, count: int) -> None:
+        self.written += count
+        self._check(self.written)
+
+    def _check(self, total: int, name: str | None = None) -> None:
+        limits, what = self.limits, f" ({name})" if name else ""
+        if total > limits.max_bytes:
+            raise ArchiveError(f"{self.path} unpacks to more than {_size(limits.max_bytes)}{what}, the server's limit "
+                               "(lmjupyter serve --archive-max-size, c.LMServe.archive_max_size)")
+        if total > self.disk_room:
+            raise ArchiveError(f"{self.path} unpacks to more than its disk can hold while keeping "
+                               f"{_size(limits.disk_reserve)} free{what}")
+        if total > limits.ratio_floor and total > limits.max_ratio * self.archive_size:
+            raise ArchiveError(f"{self.path} expands to more than {limits.max_ratio} times its size of "
+                               f"{_size(self.archive_size)}{what}: a zip or tar bomb? Unpack it yourself and "
+                               "deploy the folder")
+
+
+def _size(count: int) -> str:
+    for unit, factor in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if count >= factor:
+            return f"{count / factor:.3g} {unit}"
+    return f"{count} bytes"
+
+
+def open_archive(source: str, unpack_root: str, limits: UnpackLimits = UnpackLimits()) -> UnpackedArchive:
     """Unpack (or reuse) ``source`` and read its manifest. Raises :class:`ArchiveError`."""
     in_place = os.path.isdir(source)
-    folder = archive_root(source if in_place else unpack(source, unpack_root))
+    folder = archive_root(source if in_place else unpack(source, unpack_root, limits))
     kind, manifest = read_manifest(folder)
     model = manifest["model"]
     archive = UnpackedArchive(source, folder, kind, manifest, handler=model.get("handler"))
@@ -103,7 +173,7 @@ def _check_files_present(folder: str, manifest: dict) -> None:
 
 
 # ---- unpacking ------------------------------------------------------------------------------------
-def unpack(path: str, unpack_root: str) -> str:
+def unpack(path: str, unpack_root: str, limits: UnpackLimits = UnpackLimits()) -> str:
     """The folder ``path`` unpacks to, unpacking it first unless an identical copy is there."""
     st = os.stat(path)
     identity = f"{os.path.realpath(path)}:{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
@@ -115,7 +185,7 @@ def unpack(path: str, unpack_root: str) -> str:
     os.makedirs(unpack_root, mode=0o700, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".unpacking-", dir=unpack_root)
     try:
-        hashes = _extract(path, tmp)
+        hashes = _extract(path, tmp, _Budget(path, unpack_root, limits))
         _verify(path, tmp, hashes)
         os.chmod(tmp, 0o755)
         try:
@@ -130,14 +200,14 @@ def unpack(path: str, unpack_root: str) -> str:
     return final
 
 
-def _extract(path: str, dest: str) -> dict[str, str]:
+def _extract(path: str, dest: str, budget: _Budget) -> dict[str, str]:
     with open(path, "rb") as f:
         magic = f.read(4)
     try:
         if magic.startswith(b"PK"):
-            return _extract_zip(path, dest)
+            return _extract_zip(path, dest, budget)
         if tarfile.is_tarfile(path):
-            return _extract_tar(path, dest)
+            return _extract_tar(path, dest, budget)
     except (tarfile.TarError, zipfile.BadZipFile, gzip.BadGzipFile, zlib.error, EOFError) as exc:
         raise ArchiveError(f"{path} is damaged: {type(exc).__name__}: {exc}") from None
     raise ArchiveError(f"{path} is neither a tar.gz/tgz nor a zip/.mar archive")
@@ -156,19 +226,26 @@ def _member_path(dest: str, name: str) -> str:
     return target
 
 
-def _extract_zip(path: str, dest: str) -> dict[str, str]:
+def _extract_zip(path: str, dest: str, budget: _Budget) -> dict[str, str]:
     hashes = {}
     with zipfile.ZipFile(path) as archive:
-        for info in archive.infolist():
-            if stat.S_ISLNK(info.external_attr >> 16):
+        members = archive.infolist()
+        budget.declared(len(members), sum(info.file_size for info in members))
+        for info in members:
+            mode = info.external_attr >> 16
+            if stat.S_ISLNK(mode):
                 raise ArchiveError(f"member {info.filename!r} of {path} is a link; links are not allowed in zip archives")
+            if stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):  # 0: zips often keep permissions only
+                raise ArchiveError(f"member {info.filename!r} of {path} is a device, pipe or socket; "
+                                   "only files and folders are allowed")
             target = _member_path(dest, info.filename)
+            budget.member(f"member {info.filename!r}")
             if info.is_dir():
                 os.makedirs(target, exist_ok=True)
                 continue
             os.makedirs(os.path.dirname(target), exist_ok=True)
             with archive.open(info) as src, _create(target, info.filename) as dst:
-                hashes[_relative(dest, target)] = copy_hashing(src, dst)[0]
+                hashes[_relative(dest, target)] = copy_hashing(src, dst, budget)[0]
     return hashes
 
 
@@ -179,7 +256,7 @@ def _create(target: str, name: str):
         raise ArchiveError(f"member {name!r} appears twice in the archive") from None
 
 
-def _extract_tar(path: str, dest: str) -> dict[str, str]:
+def _extract_tar(path: str, dest: str, budget: _Budget) -> dict[str, str]:
     hashes = {}
     with tarfile.open(path, "r:*") as archive:
         for member in archive:
@@ -188,10 +265,11 @@ def _extract_tar(path: str, dest: str) -> dict[str, str]:
             except tarfile.FilterError as exc:
                 raise ArchiveError(f"unsafe member in {path}: {exc}") from None
             target = _member_path(dest, member.name)
+            budget.member(f"member {member.name!r}", member.size if member.isreg() else 0)
             if member.isreg():
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 with archive.extractfile(member) as src, _create(target, member.name) as dst:
-                    hashes[_relative(dest, target)] = copy_hashing(src, dst)[0]
+                    hashes[_relative(dest, target)] = copy_hashing(src, dst, budget)[0]
                 os.chmod(target, member.mode & 0o755 | 0o600)
             else:
                 archive.extract(member, dest, filter="data")

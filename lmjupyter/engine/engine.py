@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 import lmjupyter
 from lmjupyter.archive.manifest import VERSION_PATTERN
+from lmjupyter.archive.unpack import UnpackLimits
 from lmjupyter.config import ConfigError, ModelConfig, load_config
 from lmjupyter.engine.launcher import ColdLauncher, ForkServerLauncher
 from lmjupyter.engine.metrics import EngineMetrics
@@ -65,6 +66,7 @@ class EngineSettings:
     node_address: str = "127.0.0.1"
     node_port: int = 0
     node_timeout: float = 10.0
+    archive_limits: UnpackLimits = field(default_factory=UnpackLimits)  # zip and tar bombs
 
 
 class Engine:
@@ -81,7 +83,7 @@ class Engine:
         self._defaults: dict[str, str] = {}  # name -> the version /models/{name} means
         self._starting: set[asyncio.Task] = set()
         self.restore_errors: list[dict] = []  # snapshot entries that could not come back
-        self.store = ModelStore(settings.model_store, self.run_dir)
+        self.store = ModelStore(settings.model_store, self.run_dir, settings.archive_limits)
         if not settings.model_store:  # archives then unpack into the private run directory
             self.allowed_roots.append(os.path.realpath(self.store.unpack_root))
         self.listeners.append(lambda: self.store.save(self))
@@ -161,6 +163,8 @@ class Engine:
 
     def logs(self, name: str, rank: int | None = None, tail: int = 100, version: str | None = None) -> list[dict]:
         model = self.model(name, version)
+        if rank is not None and not 0 <= rank < model.config.nproc:
+            raise ApiError(400, f"rank = {rank}: model {name} has ranks 0..{model.config.nproc - 1}", key="rank")
         out = []
         for worker_id in sorted(model.workers):
             log_dir = self._log_dir(model.name, model.version, worker_id)
@@ -268,6 +272,10 @@ class Engine:
         if handler == BUILTIN_CAUSAL_LM and "batchSize" not in config.model_fields_set:
             # its batchSize is the number of sequences decoded together (KV-cache slots)
             config = config.model_copy(update={"batchSize": DEFAULT_LLM_SLOTS})
+        given = body.get("version")
+        if given is not None and not (isinstance(given, str) or
+                                      (isinstance(given, int) and not isinstance(given, bool) and given >= 0)):
+            raise ApiError(400, f"version = {body['version']!r}: expected a string (or a whole number)", key="version")
         version = str(body["version"] if body.get("version") is not None else (archive and archive.version) or "1")
         if not VERSION_PATTERN.match(version):
             raise ApiError(400, f"version = {version!r}: expected 1-64 letters, digits, '.', '_', '+' or '-'",
@@ -340,7 +348,7 @@ class Engine:
         """A real path inside the allowed roots, or a 400 naming the key (no URLs, no escapes)."""
         if value is None:
             return None
-        if not isinstance(value, str) or not value:
+        if not isinstance(value, str) or not value or "\0" in value:
             raise ApiError(400, f"{key} = {value!r}: expected a path", key=key)
         if "://" in value:
             raise ApiError(400, f"{key} = {value!r}: only local paths are accepted, not URLs", key=key)

@@ -30,7 +30,7 @@ import time
 from lmjupyter import __version__
 from lmjupyter.archive.manifest import ArchiveError
 from lmjupyter.archive.requirements import RequirementsError, install_requirements
-from lmjupyter.archive.unpack import UnpackedArchive, open_archive
+from lmjupyter.archive.unpack import UnpackedArchive, UnpackLimits, open_archive
 from lmjupyter.engine.states import ModelState
 from lmjupyter.errors import ApiError
 
@@ -40,8 +40,9 @@ FORMAT = "lmjupyter-registry"
 
 
 class ModelStore:
-    def __init__(self, path: str | None, run_dir: str):
+    def __init__(self, path: str | None, run_dir: str, limits: UnpackLimits = UnpackLimits()):
         self.path = path
+        self.limits = limits
         private = os.path.join(path, ".lmjupyter") if path else run_dir
         self.unpack_root = os.path.join(private, "unpacked")
         self.requirements_root = os.path.join(private, "requirements")
@@ -54,12 +55,14 @@ class ModelStore:
         self._used: set[str] = set()  # unpacked and requirement folders deploys of this server used
         if path:
             self._lock(private)
+        if self.recording:
+            self._remove_interrupted_unpacks()
 
     # ---- archives and requirements -------------------------------------------------------------
     async def open_archive(self, path: str) -> UnpackedArchive:
         """Unpack (in a thread: archives may be gigabytes) or open in place; 400 when unusable."""
         try:
-            archive = await asyncio.to_thread(open_archive, path, self.unpack_root)
+            archive = await asyncio.to_thread(open_archive, path, self.unpack_root, self.limits)
         except ArchiveError as exc:
             raise ApiError(400, f"archive: {exc}", key="archive") from None
         self._used.add(os.path.realpath(archive.model_dir))
@@ -83,6 +86,14 @@ class ModelStore:
                     log.info("removing unused %s", folder)
                     shutil.rmtree(folder, ignore_errors=True)
 
+    def _remove_interrupted_unpacks(self) -> None:
+        """``.unpacking-*`` folders of a server that died mid-unpack (none can be running: we hold the lock)."""
+        if os.path.isdir(self.unpack_root):
+            for child in os.listdir(self.unpack_root):
+                if child.startswith(".unpacking-"):
+                    log.info("removing %s, left by an unpack that was interrupted", child)
+                    shutil.rmtree(os.path.join(self.unpack_root, child), ignore_errors=True)
+
     def _lock(self, private: str) -> None:
         """One server per store: two would overwrite each other's registry."""
         os.makedirs(private, mode=0o700, exist_ok=True)
@@ -94,8 +105,7 @@ class ModelStore:
             os.close(fd)
             self.problem = (f"model store {self.path} is in use by another lmjupyter server (pid {holder}); "
                             "this server neither restores nor records models there")
-            log.error(self.problem)
-            return
+            return  # lmjupyter serve stops with this line; in Jupyter, restore() logs and lists it
         except OSError as exc:  # a file system without locks (some NFS mounts): record, unguarded
             log.warning("cannot lock the model store %s (%s); no other server may use it", self.path, exc)
         os.ftruncate(fd, 0)
@@ -171,6 +181,7 @@ class ModelStore:
         """Deploy every recorded version again; report (never raise) what cannot come back."""
         if not self.recording:
             if self.problem:
+                log.error(self.problem)
                 engine.restore_errors.append({"message": self.problem})
             return
         entries, errors, raw = self.read()

@@ -14,11 +14,13 @@ import secrets
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Float, Int, List, Unicode
 
+from lmjupyter.archive.unpack import UnpackLimits
 from lmjupyter.engine.engine import Engine, EngineSettings
 from lmjupyter.gpus import discover_gpus
 from lmjupyter.jupyter_server_ext import fast_predict
 from lmjupyter.jupyter_server_ext.handlers import LMServeHandler, protect
 from lmjupyter.server.api import route_table
+from lmjupyter.server.limits import DEFAULT_MAX_BODY_SIZE
 
 ENV_URL, ENV_TOKEN, ENV_SERVER_PID = "LMJUPYTER_URL", "LMJUPYTER_TOKEN", "LMJUPYTER_SERVER_PID"
 _WILDCARDS = {"", "0.0.0.0", "*", "::", "localhost"}
@@ -64,6 +66,12 @@ class LMServe(ExtensionApp):
         "TCP port on node_address that ranks on other hosts connect to (0: a free one)."))
     node_timeout = Float(10.0, config=True, help=(
         "Seconds without a heartbeat after which an agent counts as lost (its worker groups restart)."))
+    max_body_size = Int(DEFAULT_MAX_BODY_SIZE, config=True, help=(
+        "Largest request body (bytes) the lmserve routes take; a larger one is answered 413 "
+        "without being read whole."))
+    archive_max_size = Int(UnpackLimits.max_bytes, config=True, help=(
+        "Most bytes one model archive may unpack to (zip and tar bombs stop there)."))
+    archive_max_files = Int(UnpackLimits.max_members, config=True, help="Most members one model archive may have.")
     export_environment = Bool(True, config=True, help=(
         "Export LMJUPYTER_URL and LMJUPYTER_TOKEN to the environment kernels inherit, so "
         "that %lmserve and lmjupyter.discovery.connect() find this server."))
@@ -83,11 +91,13 @@ class LMServe(ExtensionApp):
             install_requirements=self.install_requirements, warm_spares=max(0, self.warm_spares),
             fork_server=self.fork_server, preload=None if self.preload is None else list(self.preload),
             node_address=self.node_address or ("127.0.0.1" if self.serverapp.ip in _WILDCARDS else self.serverapp.ip),
-            node_port=self.node_port, node_timeout=self.node_timeout))
+            node_port=self.node_port, node_timeout=self.node_timeout,
+            archive_limits=UnpackLimits(max_bytes=self.archive_max_size, max_members=self.archive_max_files)))
         identity = self.serverapp.identity_provider
         # Password-only servers have no token a kernel could send: mint one these routes accept.
         self.kernel_token = None if identity.token or not identity.auth_enabled else secrets.token_urlsafe(32)
-        self.settings.update(lmserve_engine=self.engine, lmserve_kernel_token=self.kernel_token)
+        self.settings.update(lmserve_engine=self.engine, lmserve_kernel_token=self.kernel_token,
+                             lmserve_max_body_size=self.max_body_size)
         self.log.info("lmjupyter: routes at %slmserve/ (GPUs: %s, roots: %s)",
                       self.serverapp.base_url, gpus or "none", ", ".join(self.engine.allowed_roots))
 

@@ -34,7 +34,10 @@ class LMServeHandler(APIHandler):
 
     async def prepare(self):
         self._accept_kernel_token()
-        return await super().prepare()
+        await super().prepare()
+        # Before a streamed body is read (@authenticated runs after it); CORS preflights stay Jupyter's.
+        if self.current_user is None and self.request.method != "OPTIONS":
+            raise tornado.web.HTTPError(403)
 
     def _accept_kernel_token(self) -> None:
         """Password-only servers: accept the kernels' private token on these routes only.

@@ -7,6 +7,7 @@ is found in ``self.settings["lmserve_engine"]``.
 """
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import time
@@ -17,16 +18,21 @@ import lmjupyter
 from lmjupyter.compat.torchserve.meta import request_meta
 from lmjupyter.engine.request import END_OF_STREAM, RequestFailed
 from lmjupyter.errors import ApiError
+from lmjupyter.server.limits import DEFAULT_CLIENT_TIMEOUT, StreamedBody
 from lmjupyter.server.openai.routes import ROUTES as OPENAI_ROUTES
 
 API = "lmserve/api"
 JSON_TYPE = "application/json"
+STREAM_VALUES = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 
 
 def api_errors(method):
     """Turn refusals into JSON errors with the right status; never an HTML page."""
     @functools.wraps(method)
     async def wrapper(self, *args, **kwargs):
+        if not self.join_body():
+            self.refuse_oversize(None)
+            return
         try:
             return await method(self, *args, **kwargs)
         except ApiError as exc:
@@ -36,20 +42,32 @@ def api_errors(method):
     return wrapper
 
 
-class ApiMixin:
-    """What every route shares: the engine, JSON in, JSON out."""
+class ApiMixin(StreamedBody):
+    """What every route shares: the engine, JSON in, JSON out, a bounded body."""
 
     @property
     def engine(self):
         return self.settings["lmserve_engine"]
+
+    async def prepare(self):
+        """The server's auth first; then an announced body over the limit is refused before it is read."""
+        result = super().prepare()
+        if result is not None:
+            await result
+        if not self._finished and self.announced_too_large():
+            self.refuse_oversize(int(self.request.headers["Content-Length"]))
+
+    def refuse_oversize(self, size: int | None) -> None:
+        self.set_header("Connection", "close")  # the rest of the body is not read
+        self.send_error_json(413, {"error": {"message": self.oversize_message(size)}})
 
     def json_body(self):
         if not self.request.body:
             return {}
         try:
             return json.loads(self.request.body)
-        except ValueError as exc:
-            raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+        except (ValueError, RecursionError) as exc:  # RecursionError: arrays nested thousands deep
+            raise ApiError(400, f"request body is not valid JSON: {type(exc).__name__}: {exc}") from None
 
     def send_json(self, data, status: int = 200) -> None:
         self.set_status(status)
@@ -168,7 +186,9 @@ class PredictHandler(ApiMixin):
     async def post(self, name, version=None):
         model = self.engine.model(name, version)
         started = time.perf_counter()
-        stream = self.get_argument("stream", "0").lower() in ("1", "true", "yes")
+        stream = STREAM_VALUES.get(self.get_argument("stream", "0"))
+        if stream is None:
+            raise ApiError(400, f"stream = {self.get_argument('stream')!r}: expected 1 or 0", key="stream")
         content_type = self.request.headers.get("Content-Type", JSON_TYPE)
         status = 500
         try:
@@ -192,6 +212,7 @@ class PredictHandler(ApiMixin):
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")
         try:
+            stall = self.settings.get("lmserve_client_timeout", DEFAULT_CLIENT_TIMEOUT)
             ended = False
             while not ended:
                 # everything that has arrived goes out in one write: under load a flush per
@@ -201,8 +222,14 @@ class PredictHandler(ApiMixin):
                         ended = True
                         break
                     self.write(_ndjson_line("partial", partial))
-                if not ended:
-                    await self.flush()
+                if ended:
+                    break
+                try:  # a client that stopped reading must not hold its request (and our memory) forever
+                    await asyncio.wait_for(asyncio.shield(self.flush()), stall)
+                except asyncio.TimeoutError:
+                    request.cancelled = True
+                    self.request.connection.close()
+                    return 408
             try:
                 answer = request.future.result()
                 line, status = _ndjson_line("result", answer), answer[0]
@@ -286,5 +313,7 @@ def route_table(base_url: str, base_handler: type, wrap=lambda cls: cls,
     """The routes joined with a server's base handler; ``wrap`` may add auth decorators.
     TorchServe's paths sit at the root of ``lmjupyter serve`` and under ``lmserve/`` in Jupyter."""
     base_url = "/" + base_url.strip("/") + "/" if base_url.strip("/") else "/"
-    return [(base_url + pattern, wrap(type(mixin.__name__, (mixin, base_handler), {})))
+    # _stream_request_body: Tornado hands the body over in chunks (limits.StreamedBody bounds it)
+    return [(base_url + pattern, wrap(type(mixin.__name__, (mixin, base_handler),
+                                           {"_stream_request_body": issubclass(mixin, StreamedBody)})))
             for pattern, mixin in all_routes(torchserve_prefix, openai_at_root)]

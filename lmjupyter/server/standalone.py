@@ -7,6 +7,7 @@ user can read, so that clients on the same machine can find the server.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hmac
 import json
 import logging
@@ -20,6 +21,11 @@ from tornado.log import access_log
 from lmjupyter.engine.engine import Engine, EngineSettings
 from lmjupyter.server import fast_predict
 from lmjupyter.server.api import route_table
+from lmjupyter.server.limits import DEFAULT_CLIENT_TIMEOUT, DEFAULT_MAX_BODY_SIZE
+
+
+class ServeError(RuntimeError):
+    """The server cannot start; the message is the one line ``lmjupyter serve`` prints."""
 
 
 class TokenAuthHandler(tornado.web.RequestHandler):
@@ -42,11 +48,13 @@ class TokenAuthHandler(tornado.web.RequestHandler):
         return {"error": {"message": message}}
 
 
-def make_app(engine: Engine, token: str) -> tornado.web.Application:
+def make_app(engine: Engine, token: str, max_body_size: int = DEFAULT_MAX_BODY_SIZE,
+             client_timeout: float = DEFAULT_CLIENT_TIMEOUT) -> tornado.web.Application:
     """The route table behind the token; plain predict requests take the fast path (fast_predict.py)."""
     return fast_predict.Application(route_table("/", TokenAuthHandler, openai_at_root=True),
                                     log_function=log_request,
-                                    lmserve_engine=engine, lmserve_token=token)
+                                    lmserve_engine=engine, lmserve_token=token,
+                                    lmserve_max_body_size=max_body_size, lmserve_client_timeout=client_timeout)
 
 
 def log_request(handler: tornado.web.RequestHandler) -> None:
@@ -82,12 +90,29 @@ def write_server_info(url: str, token: str, port: int) -> str:
 
 
 async def serve(host: str, port: int, token: str | None, settings: EngineSettings,
-                announce=print) -> None:
-    """Run until SIGINT/SIGTERM, then end every worker group before returning."""
+                announce=print, max_body_size: int = DEFAULT_MAX_BODY_SIZE,
+                client_timeout: float = DEFAULT_CLIENT_TIMEOUT) -> None:
+    """Run until SIGINT/SIGTERM, then end every worker group before returning.
+
+    Raises :class:`ServeError` (nothing started, nothing left behind) when the port is taken
+    or another server holds the model store.
+    """
     token = token or os.environ.get("LMJUPYTER_TOKEN") or secrets.token_urlsafe(24)
     engine = Engine(settings)
-    app = make_app(engine, token)
-    server = app.listen(port, address=host, xheaders=False, max_body_size=1 << 30)
+    if engine.store.problem:
+        await engine.shutdown()
+        raise ServeError(engine.store.problem.split(";")[0])
+    app = make_app(engine, token, max_body_size, client_timeout)
+    try:
+        # Tornado's own body limit stays out of the way: the routes stream bodies and answer 413
+        # themselves (server/limits.py). The timeouts bound slow clients (slowloris).
+        server = app.listen(port, address=host, xheaders=False, max_body_size=1 << 40,
+                            idle_connection_timeout=client_timeout, body_timeout=client_timeout)
+    except (OSError, OverflowError) as exc:  # OverflowError: a port outside 0-65535
+        await engine.shutdown()
+        reason = "is in use (another server?); pick another with --port" \
+            if getattr(exc, "errno", None) == errno.EADDRINUSE else f"cannot be used: {getattr(exc, 'strerror', None) or exc}"
+        raise ServeError(f"port {port} on {host} {reason}") from None
     actual_port = next(iter(server._sockets.values())).getsockname()[1]
     url = f"http://{host}:{actual_port}/"
     info_file = write_server_info(url, token, actual_port)

@@ -47,6 +47,9 @@ def encode_answer(answer: Any) -> tuple[int, str, bytes]:
     if isinstance(answer, RequestError):
         return 400, JSON, _error_body(str(answer), param=answer.param)
     if isinstance(answer, BaseException):
+        status = getattr(answer, "status", None)
+        if isinstance(status, int) and 400 <= status < 600 and status != 500:  # the handler's refusal, e.g. 400
+            return status, JSON, _error_body(str(answer))
         detail = "".join(traceback.format_exception(answer))
         return 500, JSON, _error_body(f"{type(answer).__name__}: {answer}", detail)
     try:

@@ -88,11 +88,12 @@ def test_only_plain_authorized_predicts_of_deployed_models_take_the_fast_path():
         def set_close_callback(self, callback):
             pass
 
-    async def route(method, uri, authorization):
-        app = standalone.make_app(Engine(), "tk")
+    async def route(method, uri, authorization, length="2"):
+        app = standalone.make_app(Engine(), "tk", max_body_size=1024)
         request = httputil.HTTPServerRequest(
             start_line=httputil.RequestStartLine(method, uri, "HTTP/1.1"),
-            headers=httputil.HTTPHeaders({"Host": "127.0.0.1", **({"Authorization": authorization} if authorization else {})}),
+            headers=httputil.HTTPHeaders({"Host": "127.0.0.1", **({"Authorization": authorization} if authorization else {}),
+                                          **({"Content-Length": length} if length else {})}),
             connection=Connection())
         return type(app.find_handler(request)).__name__
 
@@ -109,3 +110,6 @@ def test_only_plain_authorized_predicts_of_deployed_models_take_the_fast_path():
     }
     for (method, uri, authorization), expected in cases.items():
         assert asyncio.run(route(method, uri, authorization)) == expected, (method, uri, authorization)
+    # bodies over the limit, or of unannounced size (chunked), go the streaming way that answers 413
+    assert asyncio.run(route("POST", "/lmserve/api/models/m/predict", "token tk", length="1025")) == "_HandlerDelegate"
+    assert asyncio.run(route("POST", "/lmserve/api/models/m/predict", "token tk", length=None)) == "_HandlerDelegate"

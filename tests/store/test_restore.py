@@ -3,6 +3,8 @@ import glob
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -140,13 +142,12 @@ def test_a_damaged_snapshot_never_stops_the_server(tmp_path):
         with open(os.path.join(store, "registry.json")) as f:  # rewritten with what came back
             assert [m["name"] for m in json.load(f)["models"]] == ["good"]
 
-        # a second server on the same store neither restores nor overwrites its registry
-        other = ServerProcess(root, "--model-store", store)
-        try:
-            errors = other.client.restore_errors()
-            assert "in use by another lmjupyter server" in errors[0]["message"] and other.client.list() == []
-        finally:
-            other.stop()
+        # a second server on the same store says so in one line, exits non-zero and leaves the registry alone
+        other = subprocess.run([sys.executable, "-m", "lmjupyter.cli", "serve", "--port", "0", "--model-store", store],
+                               cwd=root, capture_output=True, text=True, timeout=60)
+        assert other.returncode == 1 and other.stdout == ""
+        assert other.stderr.strip().splitlines() == [
+            f"lmjupyter serve: model store {store} is in use by another lmjupyter server (pid {server.proc.pid})"]
         with open(os.path.join(store, "registry.json")) as f:
             assert [m["name"] for m in json.load(f)["models"]] == ["good"]
     finally:

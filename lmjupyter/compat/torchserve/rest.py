@@ -49,6 +49,10 @@ def torchserve_errors(method):
     """Refusals as TorchServe's ``{"code", "type", "message"}``, with the status they carry."""
     @functools.wraps(method)
     async def wrapper(self, *args, **kwargs):
+        if not self.join_body():   # the body arrived in chunks and went over the server's limit
+            self.set_header("Connection", "close")
+            self.send_torchserve_error(413, self.oversize_message(None))
+            return
         try:
             return await method(self, *args, **kwargs)
         except ApiError as exc:

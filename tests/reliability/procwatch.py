@@ -1,0 +1,69 @@
+"""Processes below a server, and a load of predict calls counted by outcome."""
+from __future__ import annotations
+
+import collections
+import glob
+import threading
+import time
+
+import requests
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (torchrun agents and their ranks)."""
+    children: dict[int, list[int]] = {}
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            with open(stat) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.split("/")[2]))
+        except (OSError, IndexError, ValueError):
+            continue
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+class Load:
+    """``threads`` clients calling predict on ``url`` until stopped; outcomes counted by kind:
+    HTTP statuses, "wrong" (an answer that is not the request's echo), "refused" (no server)."""
+
+    def __init__(self, url: str, headers: dict, threads: int = 4, timeout: float = 30.0):
+        self.url, self.headers, self.timeout = url, headers, timeout
+        self.counts: collections.Counter = collections.Counter()
+        self.latencies: list[float] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
+        for thread in self._threads:
+            thread.start()
+
+    def _run(self, index: int) -> None:
+        session, n = requests.Session(), 0
+        while not self._stop.is_set():
+            n += 1
+            payload = {"client": index, "n": n}
+            started = time.monotonic()
+            try:
+                response = session.post(self.url, json=payload, headers=self.headers, timeout=self.timeout)
+                outcome = str(response.status_code)
+                if response.status_code == 200 and response.json() != payload:
+                    outcome = "wrong"
+            except requests.Timeout:
+                outcome = "hung"
+            except requests.ConnectionError:
+                outcome = "refused"
+                time.sleep(0.05)
+            with self._lock:
+                self.counts[outcome] += 1
+                if outcome == "200":
+                    self.latencies.append(time.monotonic() - started)
+
+    def stop(self) -> collections.Counter:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(self.timeout + 5)
+        return self.counts
