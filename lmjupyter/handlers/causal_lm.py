@@ -136,6 +136,9 @@ class CausalLMHandler(BaseHandler):
         parsed = parse_request(item, self.tokenizer, default_max_new_tokens=self.max_new_tokens,
                                max_length=self.max_length)
         ids, max_new = parsed.prompt_ids, parsed.params.max_new_tokens
+        if self.max_positions and len(ids) >= self.max_positions:
+            raise RequestError(f"the prompt has {len(ids)} tokens; this model's limit is {self.max_positions - 1} "
+                               f"prompt tokens (max_position_embeddings {self.max_positions})", param="prompt")
         if self.max_positions:
             max_new = max(0, min(max_new, self.max_positions - len(ids)))
         return Request(ids, max_new, parsed.params.temperature)

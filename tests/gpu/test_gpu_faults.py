@@ -69,8 +69,6 @@ def test_a_rank_hung_in_an_nccl_collective_is_caught_by_response_timeout(tmp_pat
         assert not set(rank_pids(server.client.describe("coll"))) & set(old)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11: the built-in handler answers a prompt longer than its context "
-                                       "with 200 and no tokens instead of a 400 naming the limit")
 def test_the_built_in_handler_refuses_a_prompt_longer_than_its_context_on_gpu(tmp_path, models):
     with running_server(str(tmp_path), "--allow-root", str(tmp_path.parent)) as server:
         config = {"deviceType": "gpu", "batchSize": 2, "torchrun": {"nproc-per-node": 1}}

@@ -68,9 +68,6 @@ def test_a_rank_hung_in_a_collective_is_caught_by_response_timeout_and_replaced(
         server.client.undeploy("coll")
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 (generation engine): the built-in causal-LM handler answers a "
-                                       "prompt longer than its context with 200 and no tokens; it must refuse it "
-                                       "with 400 naming the limit. Remove this mark when it does.")
 def test_the_built_in_handler_refuses_a_prompt_longer_than_its_context(server, tmp_path_factory):
     from lmjupyter.models.tiny import build_tiny_llama
 
