@@ -21,7 +21,15 @@ timeout "$BENCH_S" python3 benchmarks/gpu/generation_bench.py --shape "$SHAPE" -
 echo "bench rc=$? after $((SECONDS - T0))s"; grep -v "Loading\|Writing" "$OUT/gen-$TAG.log" | grep -v "^ " | tail -25
 if [ "$TESTS_S" -gt 0 ]; then
   echo "== gpu tests"
-  timeout "$TESTS_S" python3 -m pytest tests/gpu -q -rs -p no:cacheprovider -k "not deepspeed" > "$OUT/gpu_tests.log" 2>&1
+  T1=$SECONDS
+  timeout "$TESTS_S" python3 -m pytest tests/gpu -q -rs -p no:cacheprovider -k "not deepspeed and not real_shapes" \
+    > "$OUT/gpu_tests.log" 2>&1
   echo "gpu tests rc=$? after $((SECONDS - T0))s"; grep -v "Loading\|Writing" "$OUT/gpu_tests.log" | tail -30
+  LEFT=$(( TESTS_S - (SECONDS - T1) ))
+  if [ "$LEFT" -gt 40 ]; then   # the fp32 1.1B/8B comparison, on the shapes the bench built
+    LMJ_SHAPES_DIR=/tmp/genbench timeout "$LEFT" python3 -m pytest tests/gpu/test_generation_gpu.py -q -rs \
+      -p no:cacheprovider -k real_shapes > "$OUT/gpu_tests_shapes.log" 2>&1
+    echo "real-shape tests rc=$?"; tail -8 "$OUT/gpu_tests_shapes.log"
+  fi
 fi
 echo "done in $((SECONDS - T0))s"
