@@ -283,13 +283,13 @@ def profile(model_dir: Path, out: dict, **handler) -> None:
 
 # ---- through the server ----------------------------------------------------------------------
 class Server:
-    def __init__(self, root: Path):
-        self.log_path = root / "server.log"
+    def __init__(self, root: Path, *extra: str):
+        self.log_path = root / f"server{'-'.join(extra)}.log"
         self.log = open(self.log_path, "wb")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen([sys.executable, "-m", "lmjupyter.cli", "serve", "--port", "0", "--token", TOKEN,
-                                      "--allow-root", "/"], cwd=root, stdout=self.log, stderr=subprocess.STDOUT,
-                                     env=env, start_new_session=True)
+                                      "--allow-root", "/", *extra], cwd=root, stdout=self.log,
+                                     stderr=subprocess.STDOUT, env=env, start_new_session=True)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             match = re.search(r"serving at (http://\S+)", self.log_path.read_text(errors="replace"))
@@ -325,7 +325,16 @@ def server(model_dir: Path, root: Path, out: dict, slots: int, quick: bool, hand
         config = {"deviceType": "gpu", "batchSize": slots, "responseTimeout": 300, "startupTimeout": 600,
                   "handler": {"max_seq_len": 2048, **handler}}
         t0 = time.perf_counter()
-        srv.client.deploy("llm", model_dir=str(model_dir), config=config, wait=True)
+        try:
+            srv.client.deploy("llm", model_dir=str(model_dir), config=config, wait=True)
+        except Exception as exc:  # noqa: BLE001 - say so, and measure the rest on the cold start path
+            result["default_deploy_failed"] = f"{type(exc).__name__}: {exc}"[:2000]
+            result["default_server_log"] = srv.log_path.read_text(errors="replace").splitlines()[-30:]
+            srv.client.session.close()
+            srv.stop()
+            srv = Server(root, "--no-fork-server")
+            t0 = time.perf_counter()
+            srv.client.deploy("llm", model_dir=str(model_dir), config=config, wait=True)
         ready = time.perf_counter()
         srv.client.predict("llm", {"input_ids": random_prompts(1, vocab)[0], "max_new_tokens": 1})
         result["deploy_to_ready_s"] = round(ready - t0, 2)
