@@ -93,9 +93,8 @@ class StepExecutor:
         self.position = torch.zeros(slots, dtype=torch.long, device=self.device)
         self.slot_settings = slot_settings if slot_settings is not None else {}
         self.forward = self._decode_forward
-        self.graphs = self.prefill_graphs = None
-        if graphs:
-            self._new_graphs()
+        self.graphs = BucketGraphs(self._decode_forward) if graphs else None
+        self.prefill_graphs = BucketGraphs(self._prefill_forward) if graphs and model.place.first else None
         self._prefill_buffers: dict[tuple[int, int], list[torch.Tensor]] = {}
         self.staging = Staging(self.device)
         self.last_plan: StepPlan | None = None
@@ -103,16 +102,10 @@ class StepExecutor:
         self._active: tuple | None = None    # ((rows, active slots), device mask)
         self.host_buffers = HostBuffers(slots) if self.device.type == "cuda" and place.is_decider else None
 
-    def _new_graphs(self) -> None:
-        self.graphs = BucketGraphs(self._decode_forward)
-        self.prefill_graphs = BucketGraphs(self._prefill_forward) if self.model.place.first else None
-
     # ---- one step --------------------------------------------------------------------------
     def run(self, plan: StepPlan, logprobs: int | None = None) -> StepOutput | None:
         """Execute ``plan``; ``logprobs`` (decider) is the most alternatives any row asked for, or None."""
         self.last_plan = plan
-        if self.model.regions.switch_if_ready() and self.graphs is not None:
-            self._new_graphs()   # compiled regions: capture the graphs again, with them
         out = StepOutput() if self.place.is_decider else None
         first = self._prefill(plan.chunks, out, logprobs) if plan.chunks else None
         decoded = self._decode(plan, out, logprobs) if plan.active else None

@@ -7,14 +7,10 @@ PyTorch runs as a dozen kernels of a few microseconds each; at batch 1 on a GPU
 those kernels, not the weight reads, are most of a decode step. Each function here
 is one region: eager, it is the same kernels as before; compiled (``handler.compile``,
 inductor, shapes dynamic), it is one generated kernel. Only these regions are
-compiled, not the model: they compile in seconds (in a background thread by
-default on one GPU), and the matmuls, the cache writes and the collectives stay
-plain PyTorch.
+compiled, not the model: they compile in seconds, and the matmuls and the
+collectives stay plain PyTorch.
 """
 from __future__ import annotations
-
-import threading
-import time
 
 import torch
 import torch.nn.functional as F
@@ -63,58 +59,18 @@ def activate(up: torch.Tensor, gated: bool) -> torch.Tensor:
 
 
 class Regions:
-    """The functions a decoder calls, plain or compiled (once each, shapes dynamic).
+    """The functions a decoder calls: plain, or compiled once each (shapes dynamic).
 
-    ``mode``: ``"off"``; ``"now"`` (compiled from the start: the first requests pay for the
-    compile); ``"background"`` (plain until a thread has compiled them on dummy inputs, then
-    :meth:`switch_if_ready` swaps them in between two steps, so that no request waits for
-    the compiler). Background compiling is for one-rank workers: the ranks of a group would
-    have to switch at the same step.
+    Compiled (``handler.compile: true``), the first requests pay for the compile (6-11 s on an
+    H200 for the 1.1B and 8B shapes; less with inductor's cache warm). Compiling in a thread
+    while serving was tried and dropped: its CUDA work invalidated the serving thread's graph
+    captures (benchmarks/gpu/RESULTS-gpu.md).
     """
 
-    def __init__(self, mode: str = "off"):
-        if mode not in ("off", "now", "background"):
-            raise ValueError(f"handler.compile = {mode!r}: expected true, false or background")
-        self.mode = mode
-        plain = (split_rotate_store, add_norm, activate)
-        self._compiled = tuple(torch.compile(fn, dynamic=True) for fn in plain) if mode != "off" else None
+    def __init__(self, compile: bool = False):
+        wrap = (lambda fn: torch.compile(fn, dynamic=True)) if compile else (lambda fn: fn)
+        self.split_rotate_store = wrap(split_rotate_store)
+        self.add_norm = wrap(add_norm)
+        self.activate = wrap(activate)
         self.norm = norm
-        self._use(plain if mode != "now" else self._compiled)
-        self.compiled = mode == "now"
-        self.ready = threading.Event()
-        self.error: str | None = None
-        self.compile_s: float | None = None
-
-    def _use(self, functions) -> None:
-        self.split_rotate_store, self.add_norm, self.activate = functions
-
-    def compile_in_background(self, examples) -> None:
-        """Compile on ``examples()`` — (function index, args) pairs — in a daemon thread, on a stream
-        of its own, so that the serving thread's kernels and graph captures are not disturbed."""
-        def work():
-            started = time.perf_counter()
-            try:
-                with torch.no_grad(), torch.cuda.stream(torch.cuda.Stream()):
-                    for index, args in examples():
-                        self._compiled[index](*args)
-                    torch.cuda.current_stream().synchronize()   # the side stream's work is done
-                self.compile_s = time.perf_counter() - started
-            except Exception as exc:  # noqa: BLE001 - the plain regions keep serving
-                self.error = f"{type(exc).__name__}: {exc}"
-            self.ready.set()
-
-        threading.Thread(target=work, name="lmjupyter-compile", daemon=True).start()
-
-    def switch_if_ready(self) -> bool:
-        """Swap in the compiled regions once the background compile is done (True when it happened)."""
-        if self.mode != "background" or self.compiled or not self.ready.is_set():
-            return False
-        if self.error is not None:
-            print(f"lmjupyter: compiling the decoder's regions failed ({self.error}); they stay plain", flush=True)
-            self.mode = "off"
-            return False
-        self._use(self._compiled)
-        self.compiled = True
-        print(f"lmjupyter: decoder regions compiled in {self.compile_s:.1f}s (in the background); now in use",
-              flush=True)
-        return True
+        self.compiled = compile

@@ -60,8 +60,7 @@ class BucketGraphs:
                 self.forward(*key)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        # thread_local: a background compile (fused.Regions) may launch work from another thread
-        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+        with torch.cuda.graph(graph, pool=self._pool):
             output = self.forward(*key)
         self._graphs[key] = (graph, output)
         while len(self._graphs) > self.max_graphs:

@@ -10,9 +10,7 @@ each rank a contiguous slice of the layers, pptp both. Settings (``handler:``):
 * ``prefill_chunk`` — prompt tokens prefilled per step (default 512);
 * ``cuda_graphs`` — one CUDA graph per decode bucket (default: on for one GPU rank);
 * ``compile`` — fuse the elementwise regions of each block (lmjupyter.generation.fused)
-  with ``torch.compile``: ``background`` (the default for one rank on a GPU: serve at
-  once, switch when a thread has compiled them), ``true`` (compiled before the first
-  step: the first request waits), ``false`` (the default elsewhere).
+  with ``torch.compile`` (default off: the first requests would wait for the compile).
 
 ``batchSize`` is the number of slots: sequences decoded together.
 """
@@ -57,7 +55,7 @@ def _int_setting(hcfg: dict, key: str, default: int, low: int = 1) -> int:
 
 def build_generation(ctx, config, spec: DecoderSpec, tokenizer, eos_ids: set[int], *, pp: int, tp: int, dtype,
                      default_max_new_tokens: int, max_length: int | None, graphs: bool,
-                     compile: str = "off") -> Generation:
+                     compile: bool = False) -> Generation:
     from lmjupyter.handlers.parallel.dist import make_layout
     from lmjupyter.handlers.parallel.sharded import split_layers
 
@@ -87,8 +85,6 @@ def build_generation(ctx, config, spec: DecoderSpec, tokenizer, eos_ids: set[int
     place = GroupPlace(world=world, rank=rank, decider=decider,
                        prev=rank - tp if not first else None, next=rank + tp if not last else None)
     executor = StepExecutor(model, place, device, slots, spec.hidden, dtype, graphs=graphs)
-    if compile == "background":
-        model.regions.compile_in_background(model.region_examples)
     plans = PlanChannel(world, decider, slots, prefill_chunk)
     leader = None
     if rank == decider:

@@ -127,27 +127,6 @@ class CompactDecoder:
             return hidden
         return self._project(hidden[torch.arange(n, device=pos.device), last_cols])
 
-    def region_examples(self):
-        """Dummy inputs of every region, at each size class dynamo tells apart (1 or more rows and
-        tokens), for compiling the regions ahead of use; (region index, args) pairs. The dummy
-        stores write into the cache's scratch row only."""
-        spec, dtype, device = self.spec, self.cache.dtype, self.cache.k[0].device
-        w = self.w.layers[0]
-        qkv_width = (self.q_heads + 2 * self.kv_heads) * spec.head_dim
-        for n, width in ((1, 1), (2, 1), (1, 16), (2, 16)):
-            def zeros(*shape):
-                return torch.zeros((n, width, *shape), dtype=dtype, device=device)
-
-            rot = (zeros(1, spec.head_dim), zeros(1, spec.head_dim)) if self.cos is not None else (None, None)
-            scratch = torch.full((n * width,), self.cache.scratch, dtype=torch.long, device=device)
-            at = torch.zeros(n * width, dtype=torch.long, device=device)
-            yield 0, (zeros(qkv_width), *rot, self.cache.k[0], self.cache.v[0], scratch, at,
-                      self.q_heads, self.kv_heads, spec.head_dim)
-            for bias in {id(w.o_bias): w.o_bias, id(w.down_bias): w.down_bias}.values():
-                yield 1, (zeros(spec.hidden), zeros(spec.hidden), bias, w.norm2, w.norm2_bias, spec.norm_eps,
-                          spec.llama_like)
-            yield 2, (zeros(w.up.shape[0]), spec.llama_like)
-
     # ---- the pieces ------------------------------------------------------------------------
     def _embed(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         if self.place.tp > 1:  # this rank's vocabulary rows; the others' lookups are summed in

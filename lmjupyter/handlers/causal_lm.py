@@ -37,17 +37,6 @@ DEFAULT_MAX_NEW_TOKENS = 32
 PER_BATCH_OPTIONS = {"max_new_tokens", "temperature"}
 
 
-def _compile_mode(value, one_gpu_rank: bool) -> str:
-    """handler.compile: true / false / "background"; unset means background on one GPU rank, else off."""
-    if value is None:
-        return "background" if one_gpu_rank else "off"
-    if isinstance(value, str) and value.strip().lower() == "background":
-        return "background" if one_gpu_rank else "now"
-    if isinstance(value, str):
-        value = value.strip().lower() not in ("false", "0", "no", "off", "")
-    return "now" if value else "off"
-
-
 class CausalLMHandler(BaseHandler):
     generation = None   # lmjupyter.generation.group.Generation when the worker batches continuously
 
@@ -100,7 +89,7 @@ class CausalLMHandler(BaseHandler):
             ctx, self.config, spec, self.tokenizer, self.eos_ids, pp=pp, tp=tp,
             dtype=as_dtype(ctx.handler_config.get("dtype"), ctx.device),
             default_max_new_tokens=self.max_new_tokens, max_length=self.max_length, graphs=graphs,
-            compile=_compile_mode(ctx.handler_config.get("compile"), graphs and pp * tp == 1))
+            compile=_flag(ctx.handler_config, "compile", False))
         self.decider = self.generation.executor.place.decider
 
     def output_rank(self, ctx) -> int:

@@ -92,45 +92,6 @@ def test_bf16_decode_logits_stay_close_to_hf(tmp_path):
     print(f"bf16: max |logit diff| {max(diffs):.4f}; tokens agree for {agree_until} steps (HF margin >= tol)")
 
 
-@pytest.mark.timeout(400)
-def test_regions_compiled_in_the_background_take_over_and_keep_the_tokens(models):
-    """The default on one GPU: serve at once with plain regions, switch to the compiled ones once the
-    background thread is done; fp32 tokens equal generate before and after the switch."""
-    import time
-
-    from lmjupyter.handlers.causal_lm import CausalLMHandler
-    from lmjupyter.worker.context import Context
-
-    ctx = Context(model_name="m", model_dir=str(models["llama"]), device="cuda:0",
-                  model_yaml_config={"deviceType": "gpu", "batchSize": 4, "handler": {"dtype": "float32"}})
-    handler = CausalLMHandler()
-    handler.initialize(ctx)
-    regions = handler.generation.executor.model.regions
-    assert regions.mode == "background" and not regions.compiled
-    leader, tokenizer = handler.generation.leader, handler.tokenizer
-    model = hf_model(models["llama"], "float32")
-    item = {"prompt": "Once upon a time", "max_new_tokens": 24}
-    ids = tokenizer(item["prompt"])["input_ids"]
-    expected = model.generate(torch.tensor([ids], device="cuda:0"), max_new_tokens=24, do_sample=False)[0, len(ids):]
-
-    def answer(rid):
-        leader.add(rid, item, stream=False)
-        for _ in range(200):
-            for kind, r, (_, _, body) in leader.step():
-                if r == rid and kind == "done":
-                    while leader.busy:
-                        leader.step()
-                    return json.loads(body)["token_ids"]
-        raise AssertionError("no answer")
-
-    assert answer(1) == expected.tolist()          # before the switch (plain regions)
-    assert regions.ready.wait(300), "the background compile did not finish"
-    assert regions.error is None, regions.error
-    assert answer(2) == expected.tolist()          # the step that switches, and after it
-    assert regions.compiled
-    assert answer(3) == expected.tolist()
-
-
 SHAPES_DIR = __import__("os").environ.get("LMJ_SHAPES_DIR")
 
 
