@@ -55,11 +55,19 @@ class NodeHandler:
         self.send_json({"name": name, "state": "removed"})
 
 
+def _agent_body(handler) -> dict:
+    """An agent's poll or report: a JSON object (the agent always sends one)."""
+    body = handler.json_body()
+    if not isinstance(body, dict):
+        raise ApiError(400, f"request body must be a JSON object with the agent's session, not {type(body).__name__}")
+    return body
+
+
 class NodeCommandsHandler:
     _waiter: asyncio.Future | None = None
 
     async def post(self, name):
-        body = self.json_body()
+        body = _agent_body(self)
         registry = self.engine.nodes
         node = registry.session(name, str(body.get("session", "")))
         wait = body.get("wait", registry.poll_wait)
@@ -78,7 +86,7 @@ class NodeCommandsHandler:
 
 class NodeEventsHandler:
     async def post(self, name):
-        body = self.json_body()
+        body = _agent_body(self)
         registry = self.engine.nodes
         registry.events(registry.session(name, str(body.get("session", ""))), body.get("events"))
         self.send_json({"ok": True})

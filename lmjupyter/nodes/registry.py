@@ -125,6 +125,11 @@ class NodeRegistry:
         unknown = sorted(set(body) - REGISTER_KEYS)
         if unknown:
             raise ApiError(400, f"unknown key(s) {unknown}; expected some of {sorted(REGISTER_KEYS)}", key=unknown[0])
+        for key in ("hostname", "address", "version", "instance"):
+            if key in body and not isinstance(body[key], str):
+                raise ApiError(400, f"{key} = {body[key]!r}: expected a string", key=key)
+        if "pid" in body and (not isinstance(body["pid"], int) or isinstance(body["pid"], bool)):
+            raise ApiError(400, f"pid = {body['pid']!r}: expected an integer", key="pid")
         name = body.get("name")
         if not isinstance(name, str) or not NAME.match(name):
             raise ApiError(400, f"name = {name!r}: expected 1-64 letters, digits, '.', '_' or '-'", key="name")
@@ -153,7 +158,7 @@ class NodeRegistry:
                                     f"{old.address}); give this one another --name", key="name")
             self._lose(old, "the agent registered again")
         node = Node(name, str(body.get("hostname") or name)[:255], address, sorted(gpus),
-                    pid=body.get("pid") if isinstance(body.get("pid"), int) else None,
+                    pid=body.get("pid"),
                     version=str(body.get("version") or "")[:64], instance=instance,
                     session=secrets.token_urlsafe(16))
         node.deadline, node.overdue = time.monotonic() + self.timeout, f"no heartbeat for {self.timeout:g}s"

@@ -13,9 +13,24 @@ ECHO_HANDLER = "lmjupyter.handlers.base:BaseHandler"  # answers each request wit
 ECHO_CONFIG = {"deviceType": "cpu", "minWorkers": 1, "maxWorkers": 1, "responseTimeout": 30}
 
 
-def operations() -> list[str]:
-    """Every documented route and method, as "METHOD /path" (the spec alone; no server needed)."""
-    return [result.ok().label for result in schemathesis.openapi.from_path(SPEC).get_all_operations()]
+STANDALONE_ONLY = ("/v1/",)  # OpenAI at the root: lmjupyter serve only (Jupyter: <base_url>lmserve/v1/)
+TORCHSERVE = ("/ping", "/predictions/", "/models")  # at the root standalone; Jupyter: <base_url>lmserve/...
+
+
+def operations(server: str = "serve") -> list[str]:
+    """Every route and method documented for ``server`` ("serve" or "jupyter"), as "METHOD /path"
+    (the spec alone; no server needed)."""
+    labels = [result.ok().label for result in schemathesis.openapi.from_path(SPEC).get_all_operations()]
+    if server == "jupyter":
+        labels = [label for label in labels if not label.split(" ", 1)[1].startswith(STANDALONE_ONLY)]
+    return labels
+
+
+def base_for(case, server_url: str, server: str) -> str:
+    """Where a case's path is mounted: TorchServe's paths sit under ``lmserve/`` inside Jupyter."""
+    if server == "jupyter" and case.path.startswith(TORCHSERVE):
+        return server_url.rstrip("/") + "/lmserve"
+    return server_url.rstrip("/")
 
 
 def strategy(schema, label: str):
@@ -41,18 +56,21 @@ def load_schema(base_url: str, token: str, max_examples: int):
 
 
 def excluded_checks(case) -> list:
-    """Deploy, scale and logs can be valid by the schema and still be refused with 400: the files
-    a deploy names must exist, a worker count must lie in the model's minWorkers..maxWorkers, a
-    rank below its nproc-per-node. Those routes are not held to "schema-valid means accepted";
-    every other check applies to them."""
+    """Deploy, scale, logs, completions and node registration can be valid by the schema and still be
+    refused with 400: the files a deploy names must exist, a worker count must lie in the model's
+    minWorkers..maxWorkers, a rank below its nproc-per-node, a completion name a deployed causal LM.
+    Those routes are not held to "schema-valid means accepted"; every other check applies to them."""
     from schemathesis.checks import positive_data_acceptance
 
     semantic = case.path.endswith("/logs") or case.method in ("POST", "PUT") and (
-        case.path == "/lmserve/api/models" or case.path.endswith(("{name}", "{version}")))
+        case.path in ("/lmserve/api/models", "/models")  # the files a deploy names, the archive, must exist
+        or case.path.endswith(("{name}", "{version}", "{model_name}", "{model_version}"))  # worker counts
+        or case.path.endswith("completions")  # the model must be deployed, a causal LM, with a chat template
+        or case.path == "/lmserve/api/nodes")  # the agent's address must be an IP address
     return [positive_data_acceptance] if semantic else []
 
 
-def fuzz_call(case, calls: list) -> None:
+def fuzz_call(case, calls: list, base_url: str) -> None:
     """Send the case as generated and, for a model route, once more aimed at the echo model.
 
     Deploys are made dry runs: a deploy that validates would otherwise start a torchrun group
@@ -70,6 +88,6 @@ def fuzz_call(case, calls: list) -> None:
     for name in targets:
         if name is not None:
             case.path_parameters["name"] = name
-        response = case.call()
+        response = case.call(base_url=base_url)
         calls.append((case.method, case.path, response.status_code))
         case.validate_response(response, excluded_checks=excluded_checks(case))

@@ -27,6 +27,20 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
+def is_fork_server(pid: int) -> bool:
+    """The server's fork server (lmjupyter.worker.forkserver) lives as long as the server: no worker."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"lmjupyter.worker.forkserver" in f.read()
+    except OSError:
+        return False
+
+
+def workers_below(pid: int) -> set[int]:
+    """The processes below a server that a deploy started: agents and ranks, not the fork server."""
+    return {p for p in descendants(pid) if not is_fork_server(p)}
+
+
 class Load:
     """``threads`` clients calling predict on ``url`` until stopped; outcomes counted by kind:
     HTTP statuses, "wrong" (an answer that is not the request's echo), "refused" (no server)."""

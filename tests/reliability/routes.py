@@ -37,7 +37,9 @@ def concrete(pattern: str) -> str:
 
 
 def _rules(router):
-    for rule in router.rules:
+    """Every rule of a rule table, nested tables included; a router without a table (the fast
+    predict path) mounts no routes of its own: its requests fall through to the table."""
+    for rule in getattr(router, "rules", ()):
         if isinstance(rule.target, tornado.routing.Router):
             yield from _rules(rule.target)
         else:

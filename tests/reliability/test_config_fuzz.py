@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lmjupyter.config import ConfigError, KNOWN_KEYS, load_config, torchrun_options
+from procwatch import workers_below
 from serverproc import ServerProcess
 
 SECTIONS = {"torchrun": ["nproc-per-node", "OMP_NUMBER_THREADS", "nnodes", "max-restarts", "rdzv-endpoint",
@@ -95,11 +96,6 @@ def server(tmp_path_factory):
     proc.stop()
 
 
-def _children(pid: int) -> list[int]:
-    with open(f"/proc/{pid}/task/{pid}/children") as f:
-        return [int(p) for p in f.read().split()]
-
-
 @pytest.mark.timeout(300)
 @given(path=st.sampled_from(KEYS), value=values)
 @settings(FUZZ, max_examples=int(os.environ.get("LMJ_CONFIG_REST_EXAMPLES", "40")))
@@ -117,4 +113,4 @@ def test_through_the_server_a_bad_config_is_a_400_naming_the_key_and_starts_noth
         assert server.client.list() == []
     else:
         server.client.undeploy("fuzzed")
-    assert _children(server.proc.pid) == [], "a process was started"
+    assert workers_below(server.proc.pid) == set(), "a process was started"

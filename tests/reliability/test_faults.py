@@ -68,11 +68,11 @@ def test_a_rank_hung_in_a_collective_is_caught_by_response_timeout_and_replaced(
         server.client.undeploy("coll")
 
 
-def test_the_built_in_handler_refuses_a_prompt_longer_than_its_context(server, tmp_path_factory):
+def test_the_built_in_handler_refuses_a_prompt_longer_than_its_context(server):
     from lmjupyter.models.tiny import build_tiny_llama
 
-    model_dir = str(build_tiny_llama(tmp_path_factory.mktemp("ctx") / "llama", num_layers=2, hidden=32, heads=4,
-                                     kv_heads=2))
+    # under the server's root: a model folder outside the allowed roots is refused (403)
+    model_dir = str(build_tiny_llama(f"{server.root}/ctx-llama", num_layers=2, hidden=32, heads=4, kv_heads=2))
     server.client.deploy("ctx", model_dir=model_dir, config={"deviceType": "cpu", "batchSize": 2}, wait=True)
     try:
         too_long = post(server, "ctx", {"input_ids": [5] * 300, "max_new_tokens": 4})  # context: 256
