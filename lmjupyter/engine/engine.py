@@ -163,12 +163,13 @@ class Engine:
 
     def logs(self, name: str, rank: int | None = None, tail: int = 100, version: str | None = None) -> list[dict]:
         model = self.model(name, version)
-        if rank is not None and not 0 <= rank < model.config.nproc:
-            raise ApiError(400, f"rank = {rank}: model {name} has ranks 0..{model.config.nproc - 1}", key="rank")
+        world = model.config.nproc * model.config.nnodes  # ranks on every host of the group
+        if rank is not None and not 0 <= rank < world:
+            raise ApiError(400, f"rank = {rank}: model {name} has ranks 0..{world - 1}", key="rank")
         out = []
         for worker_id in sorted(model.workers):
             log_dir = self._log_dir(model.name, model.version, worker_id)
-            ranks = [rank] if rank is not None else range(model.config.nproc * model.config.nnodes)
+            ranks = [rank] if rank is not None else range(world)
             for r in ranks:
                 text = read_tail(os.path.join(log_dir, f"rank{r}.log"), tail)
                 out.append({"worker": worker_id, "rank": r, "lines": text.splitlines()})
