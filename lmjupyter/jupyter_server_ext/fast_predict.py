@@ -11,7 +11,9 @@ known to pass without running them:
   ordinary way, through ``@authenticated`` and ``@authorized``);
 - the request carries ``Authorization: token|Bearer <the server's token>`` (or the
   kernels' token of a password-only server), no query string, no ``Origin`` header
-  (browsers keep CORS and XSRF), and a ``Host`` that Jupyter's ``check_host`` allows.
+  (browsers keep CORS and XSRF), a ``Host`` that Jupyter's ``check_host`` allows, and a
+  ``Content-Length`` within ``c.LMServe.max_body_size`` (chunked and oversize bodies take
+  the streaming route, which answers 413 without keeping them).
 
 Anything else, a wrong token included, falls through to the ordinary route table, so
 its answer (403, 404, ...) is exactly Jupyter's. Like Jupyter's API handlers, a fast
@@ -32,7 +34,7 @@ from tornado.routing import AnyMatches, Router, Rule
 
 from lmjupyter.errors import ApiError
 from lmjupyter.server.api import API
-from lmjupyter.server.fast_predict import FastPredict
+from lmjupyter.server.fast_predict import FastPredict, small_enough
 
 _AUTH = re.compile(r"(?:token|bearer)\s+(.+)", re.IGNORECASE)
 _HOST = re.compile(r"^(.*?)(:\d+)?$")
@@ -49,7 +51,8 @@ class JupyterFastPredict(Router):
         self._activity_at = 0.0
 
     def find_handler(self, request: httputil.HTTPServerRequest, **kwargs) -> httputil.HTTPMessageDelegate | None:
-        if request.method != "POST" or request.query or "Origin" in request.headers:
+        if (request.method != "POST" or request.query or "Origin" in request.headers
+                or not small_enough(request, self.settings)):
             return None
         match = self.path.match(request.path)
         if match is None or not self._token_ok(request.headers) or not self._host_ok(request):

@@ -38,7 +38,7 @@ class Application(tornado.web.Application):
     """The standalone server's application: the route table, plus the fast predict path."""
 
     def find_handler(self, request: httputil.HTTPServerRequest, **kwargs) -> httputil.HTTPMessageDelegate:
-        if request.method == "POST" and not request.query and _small_enough(request, self.settings):
+        if request.method == "POST" and not request.query and small_enough(request, self.settings):
             match = PREDICT_PATH.match(request.path)
             if match is not None and _token_ok(request.headers, self.settings["lmserve_token"]):
                 try:
@@ -50,7 +50,7 @@ class Application(tornado.web.Application):
         return super().find_handler(request, **kwargs)
 
 
-def _small_enough(request: httputil.HTTPServerRequest, settings: dict) -> bool:
+def small_enough(request: httputil.HTTPServerRequest, settings: dict) -> bool:
     """A body of announced size within the limit; chunked and oversize bodies take the ordinary
     (streaming) route, which bounds what it keeps and answers 413."""
     try:

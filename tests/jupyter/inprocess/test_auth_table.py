@@ -95,3 +95,20 @@ async def test_the_body_limit_holds_in_jupyter_too(jp_fetch):
                        "config": {"deviceType": "cpu", "handler": {"pad": "p" * 500_000}}})
     planned = await jp_fetch("lmserve", "api", "models", method="POST", body=body)
     assert json.loads(planned.body)["dry_run"] is True
+
+
+async def test_the_body_limit_holds_for_predict_in_jupyter_too(jp_fetch):
+    """The fast predict path takes bodies within c.LMServe.max_body_size only; a larger one is
+    the streaming route's 413, and the model keeps answering."""
+    deploy = {"name": "echo", "handler": "lmjupyter.handlers.base:BaseHandler", "wait": True,
+              "config": {"deviceType": "cpu", "minWorkers": 1, "maxWorkers": 1}}
+    await jp_fetch("lmserve", "api", "models", method="POST", body=json.dumps(deploy))
+    try:
+        with pytest.raises(HTTPClientError) as refused:
+            await jp_fetch("lmserve", "api", "models", "echo", "predict", method="POST",
+                           body=json.dumps({"x": "x" * (2 << 20)}))
+        assert refused.value.code == 413 and "1 MiB" in refused.value.response.body.decode()
+        answer = await jp_fetch("lmserve", "api", "models", "echo", "predict", method="POST", body='{"x": 1}')
+        assert json.loads(answer.body) == {"x": 1}
+    finally:
+        await jp_fetch("lmserve", "api", "models", "echo", method="DELETE")
