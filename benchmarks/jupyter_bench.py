@@ -19,7 +19,10 @@ from run import HERE, TOKEN, Server
 
 
 class JupyterServer(Server):
-    def __init__(self, workdir: str):
+    """``loop="uvloop"``: JupyterLab as the README's first command starts it (``lmjupyter lab``);
+    ``"asyncio"``: a stock ``jupyter server`` on asyncio's loop."""
+
+    def __init__(self, workdir: str, loop: str = "uvloop"):
         config_dir = os.path.join(workdir, f"jupyter-config-{time.monotonic_ns()}")
         os.makedirs(config_dir)
         with open(os.path.join(config_dir, "jupyter_server_config.json"), "w") as f:
@@ -30,7 +33,8 @@ class JupyterServer(Server):
             port = s.getsockname()[1]
         self.log_path = os.path.join(workdir, f"jupyter-{time.monotonic_ns()}.log")
         self._log = open(self.log_path, "wb")
-        cmd = [sys.executable, "-m", "jupyter_server", "--no-browser", "--ServerApp.ip=127.0.0.1",
+        app = ["lmjupyter.lab", "--loop", "uvloop"] if loop == "uvloop" else ["jupyter_server"]
+        cmd = [sys.executable, "-m", *app, "--no-browser", "--ServerApp.ip=127.0.0.1",
                f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--ServerApp.root_dir={workdir}",
                f"--IdentityProvider.token={TOKEN}"]
         if os.geteuid() == 0:
@@ -40,7 +44,7 @@ class JupyterServer(Server):
                    JUPYTER_RUNTIME_DIR=os.path.join(config_dir, "runtime"))
         self.proc = subprocess.Popen(cmd, cwd=workdir, stdout=self._log, stderr=subprocess.STDOUT, env=env)
         self.url = f"http://127.0.0.1:{port}/"
-        self.loop = "asyncio (Jupyter's)"
+        self.loop = loop
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"token {TOKEN}"
         self._wait_ready()

@@ -4,6 +4,7 @@
     python benchmarks/run.py --quick    # 3 s per run, 2 repetitions (about 2 minutes)
     python benchmarks/run.py --only echo,cold --reps 2 --duration 5
     python benchmarks/run.py --only echo,gpt2 --jupyter   # the Jupyter extension beside, point by point
+                                                          # (as `lmjupyter lab` runs it; --jupyter-loop asyncio: stock)
 
 Every scenario runs against a real ``lmjupyter serve`` subprocess on loopback, one worker
 group per model. Throughput and latency come from ``wrk`` (one thread, ``benchmarks/post.lua``
@@ -472,6 +473,9 @@ def main(argv=None) -> int:
                         help="skip the cold starts with `lmjupyter serve --warm-spares N`")
     parser.add_argument("--jupyter", action="store_true",
                         help="also run echo and gpt2 against a Jupyter server with the extension, interleaved")
+    parser.add_argument("--jupyter-loop", choices=("uvloop", "asyncio"), default="uvloop",
+                        help="uvloop: JupyterLab started as `lmjupyter lab` (the README's way, default); "
+                             "asyncio: a stock `jupyter server`")
     parser.add_argument("--out", default=os.path.join(HERE, "results"), help="folder for the JSON results")
     args = parser.parse_args(argv)
     duration = args.duration or (3 if args.quick else 10)
@@ -495,7 +499,8 @@ def main(argv=None) -> int:
                 if args.jupyter:
                     from jupyter_bench import JupyterServer
 
-                    jupyter = JupyterServer(workdir)
+                    jupyter = JupyterServer(workdir, loop=args.jupyter_loop)
+                    info["jupyter_event_loop"] = jupyter.loop
                 if "echo" in only:
                     print("echo handler", flush=True)
                     echo = bench_echo(server, duration, reps, jupyter)

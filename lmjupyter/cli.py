@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="event loop: auto (the default) takes uvloop when it is installed "
                             "(pip install 'lmjupyter[fast]'; about 10-20%% less server CPU per request), else asyncio's")
 
+    commands.add_parser("lab", help="JupyterLab with the extension, on uvloop when installed (lmjupyter lab "
+                                    "[--loop auto|uvloop|asyncio] [jupyter lab arguments])", add_help=False)
+
     from lmjupyter.nodes import agent
 
     node = commands.add_parser("node", help="run this host's share of worker groups for a server on another host",
@@ -73,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["lab"]:  # every other argument is JupyterLab's, so argparse stays out of it
+        from lmjupyter import lab
+
+        return lab.main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)

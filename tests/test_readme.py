@@ -66,6 +66,7 @@ def test_lab_command_skips_a_finished_setup_and_opens_jupyterlab(tmp_path):
         headers = {"Authorization": "token readme-test"}
         health = requests.get(url + "lmserve/api/health", headers=headers, timeout=30)
         assert health.status_code == 200 and health.json()["status"] == "ok"
+        assert health.json()["loop"] == "uvloop"  # lmjupyter lab: JupyterLab on uvloop
         notebook = requests.get(url + "api/contents/notebooks/quickstart.ipynb", headers=headers, timeout=30)
         assert notebook.status_code == 200 and notebook.json()["type"] == "notebook"
     finally:

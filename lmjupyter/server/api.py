@@ -18,6 +18,7 @@ import lmjupyter
 from lmjupyter.compat.torchserve.meta import request_meta
 from lmjupyter.engine.request import END_OF_STREAM, RequestFailed
 from lmjupyter.errors import ApiError
+from lmjupyter.lab import loop_name
 from lmjupyter.server.limits import DEFAULT_CLIENT_TIMEOUT, StreamedBody
 from lmjupyter.server.openai.routes import ROUTES as OPENAI_ROUTES
 
@@ -96,7 +97,7 @@ class ApiMixin(StreamedBody):
 class HealthHandler(ApiMixin):
     @api_errors
     async def get(self):
-        health = {"status": "ok", "version": lmjupyter.__version__,
+        health = {"status": "ok", "version": lmjupyter.__version__, "loop": loop_name(),
                   "launcher": self.engine.launcher.describe()}
         spares = self.engine.describe_spares()
         if spares is not None:  # lmjupyter serve --warm-spares N

@@ -1,6 +1,7 @@
 """The quickstart in JupyterLab, in Debian's headless Chromium driven by Playwright.
 
-JupyterLab (127.0.0.1, a free port, a token, a temp root dir with the lmjupyter server
+JupyterLab started as the README's first command starts it (``lmjupyter lab``: uvloop's
+event loop; 127.0.0.1, a free port, a token, a temp root dir with the lmjupyter server
 extension) opens notebooks/quickstart.ipynb; every cell but the last (the undeploy) runs
 as "Run All Above Selected Cell" would run them; the control panel must then show the
 model ready with its 2 ranks, and a screenshot goes to test-artifacts/. Then the last
@@ -34,7 +35,7 @@ RUN_TIMEOUT_MS = 240_000
 def lab(tmp_path):
     require_browser()
     server = JupyterServer(
-        tmp_path, app="jupyterlab",
+        tmp_path, app="lmjupyter.lab",
         args=(f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}", "--LabApp.expose_app_in_browser=True",
               "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate", "--LabApp.news_url="),
         config_files={"labconfig/page_config.json": json.dumps(
@@ -73,6 +74,7 @@ def _wait_kernel_idle(page, timeout_s: float) -> None:
 
 def test_quickstart_runs_and_the_panel_shows_the_model(lab, page):
     ARTIFACTS.mkdir(exist_ok=True)
+    assert lab.lmserve("GET", "health").json()["loop"] == "uvloop"  # kernel, websockets and UI on uvloop
     page.goto(f"{lab.url}lab/tree/quickstart.ipynb?token={lab.token}")
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
     page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
