@@ -65,11 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def loop_name() -> str:
     """The running loop's kind, for the health route: ``uvloop`` or ``asyncio``."""
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return "none"
-    return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
+    return "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else "asyncio"
 
 
 if __name__ == "__main__":

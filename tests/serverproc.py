@@ -77,6 +77,15 @@ def alive(pid: int) -> bool:
     return pid_alive(pid)
 
 
+def is_fork_server(pid: int) -> bool:
+    """The server's fork server (lmjupyter.worker.forkserver) lives as long as the server: no worker."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"lmjupyter.worker.forkserver" in f.read()
+    except OSError:
+        return False
+
+
 def wait_until(predicate, timeout: float, interval: float = 0.05, message: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -27,7 +27,7 @@ import contextlib
 import pytest
 
 from lmjupyter.client import Client
-from serverproc import HANDLERS, wait_until
+from serverproc import HANDLERS, is_fork_server, wait_until
 
 CLONE_NEWNET = 0x40000000
 ADDRESS_A, ADDRESS_B = "10.231.0.1", "10.231.0.2"
@@ -155,7 +155,7 @@ class Cluster:
     def others(self, ns: str) -> set[int]:
         """Processes in a namespace besides the server, its fork server and the agent: torchrun and ranks."""
         own = {p.pid for p in (self.server, self.agent) if p is not None}
-        return {pid for pid in self.pair.pids(ns) - own if not _is_fork_server(pid)}
+        return {pid for pid in self.pair.pids(ns) - own if not is_fork_server(pid)}
 
     def logs(self) -> str:
         return "\n".join(f"--- {p} ---\n{p.read_text(errors='replace')[-4000:]}"
@@ -205,11 +205,3 @@ def two_hosts(root, server_args=(), agent_args=(), env: dict | None = None):
         cluster.stop()
         pair.destroy()
 
-
-def _is_fork_server(pid: int) -> bool:
-    """The server's fork server (lmjupyter.worker.forkserver) lives as long as the server: not a worker's."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"lmjupyter.worker.forkserver" in f.read()
-    except OSError:
-        return False

@@ -8,6 +8,8 @@ import time
 
 import requests
 
+from serverproc import is_fork_server
+
 
 def descendants(pid: int) -> set[int]:
     """Every process below ``pid`` (torchrun agents and their ranks)."""
@@ -25,15 +27,6 @@ def descendants(pid: int) -> set[int]:
             found.add(child)
             todo.append(child)
     return found
-
-
-def is_fork_server(pid: int) -> bool:
-    """The server's fork server (lmjupyter.worker.forkserver) lives as long as the server: no worker."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"lmjupyter.worker.forkserver" in f.read()
-    except OSError:
-        return False
 
 
 def workers_below(pid: int) -> set[int]:
