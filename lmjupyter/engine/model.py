@@ -29,6 +29,8 @@ from lmjupyter.engine.request import PendingRequest, RequestFailed
 from lmjupyter.engine.states import ModelState, WorkerState
 from lmjupyter.engine.worker_group import WorkerGroup, WorkerSpec, WorkerStartError
 
+SERVING = (WorkerState.READY, WorkerState.BUSY)  # the states of a group that may be given requests
+
 log = logging.getLogger("lmjupyter")
 MAX_RESTART_ATTEMPTS = 5
 HEALTHY_AFTER_S = 60.0
@@ -96,18 +98,24 @@ class ServedModel:
 
     def _pump(self) -> None:
         """Give queued requests to continuous workers with a free slot, and to idle workers, up to batchSize each."""
+        # A group whose rank just died is RESTARTING while it is killed, and forgotten only once it is
+        # dead: it must not be handed requests in between (they would go to a closed socket).
         while self._queue and self._slotted:
-            worker = max(self._slotted, key=lambda w: w.requests.free)
-            if worker.requests.free <= 0:
+            serving = [w for w in self._slotted if w.state in SERVING]
+            worker = max(serving, key=lambda w: w.requests.free, default=None)
+            if worker is None or worker.requests.free <= 0:
                 break
             request = self._queue.popleft()
             if not request.cancelled:
                 worker.requests.add(request)
         while self._queue and self._idle:
+            worker = self._idle.pop()
+            if worker.state != WorkerState.READY:
+                continue
             batch = self._take_batch()
             if not batch:
+                self._idle.append(worker)
                 return
-            worker = self._idle.pop()
             self._last_batch = len(batch)
             self.metrics.batch(len(batch))
             worker.dispatch(batch, self.config.responseTimeout)

@@ -1,8 +1,12 @@
 """Part 5 of issue 13 on CPU (real torchrun groups, gloo): a request that does not fit the KV cache
 is refused with 400 naming the limit while the rest of its batch is answered and the worker lives;
-a rank hung in a collective is caught by responseTimeout (504) and its group replaced.
+a rank hung in a collective is caught by responseTimeout (504) and its group replaced; requests that
+arrive while a killed group is cleaned up wait for its replacement.
 The GPU half (CUDA OOM, the same on NCCL) is tests/gpu/test_faults.py."""
 import concurrent.futures
+import os
+import signal
+import threading
 import time
 
 import pytest
@@ -80,3 +84,42 @@ def test_the_built_in_handler_refuses_a_prompt_longer_than_its_context(server):
         assert post(server, "ctx", {"input_ids": [5, 6], "max_new_tokens": 3}).status_code == 200
     finally:
         server.client.undeploy("ctx")
+
+
+
+def test_requests_that_arrive_while_a_killed_group_is_cleaned_up_wait_for_its_replacement(server):
+    """Clients keep calling while a rank of the group is killed, three times: a request in flight on
+    the killed group is a 502 (at most one per kill: batchSize 1); every other request is answered
+    by the replacement. Before the fix a request that arrived while the dead group's processes were
+    being killed was handed to it: a 500 (uvloop: write on a closed socket) or a wait for responseTimeout."""
+    config = {"deviceType": "cpu", "responseTimeout": 20, "batchSize": 1, "torchrun": {"nproc-per-node": 2}}
+    server.client.deploy("kills", handler_path("echo.py"), config=config, wait=True)
+    stop, statuses = threading.Event(), []
+
+    def client(n):
+        while not stop.is_set():
+            answer = post(server, "kills", {"n": n})
+            statuses.append(answer.status_code if answer.status_code in (200, 502) else answer.text)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            clients = [pool.submit(client, n) for n in range(6)]
+            for _ in range(3):
+                described = wait_until(lambda: _ready(server.client.describe("kills")), 60, interval=0.05,
+                                       message="a ready group")
+                time.sleep(0.3)  # under load
+                os.kill(rank_pids(described)[1], signal.SIGKILL)
+                wait_until(lambda: server.client.describe("kills")["workers"][0]["state"] != "ready", 10,
+                           interval=0.005, message="the server to see the rank gone")
+            wait_until(lambda: _ready(server.client.describe("kills")), 60, interval=0.05, message="a ready group")
+            time.sleep(0.3)
+            stop.set()
+            for future in clients:
+                future.result(timeout=60)
+        assert set(statuses) <= {200, 502}, [s for s in statuses if s not in (200, 502)][:3]
+        assert statuses.count(502) <= 3 and statuses.count(200) > 100, (statuses.count(200), statuses.count(502))
+    finally:
+        server.client.undeploy("kills")
+
+
+def _ready(model):
+    return model if model["workers"] and model["workers"][0]["state"] == "ready" else None

@@ -171,6 +171,8 @@ def _run_command(page, label: str) -> None:
 
     palette_input = page.locator(".lm-CommandPalette-input")
     for _ in range(5):  # the shortcut may land before JupyterLab has bound it
+        if palette_input.is_visible():  # a press that took effect late: pressing again would close it
+            break
         page.keyboard.press("Control+Shift+C")
         try:
             palette_input.wait_for(state="visible", timeout=3000)
