@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # One device call for the generation engine (issues 11 and 18): the bench, then the GPU tests.
 #   SHAPE=1.1b SECTIONS=roofline,hf,inproc,profile,server bash benchmarks/gpu/run_generation.sh
+#   SSE_S=150 STARTUP_S=200 BENCH_S=0 TESTS_S=0 bash benchmarks/gpu/run_generation.sh   # issue 12's SSE
+#       figure and issue 14's GPU start-up breakdown only (sse.py needs httpx: carry its wheel too)
 # Carry .whl (tornado, pydantic and its parts: the image lacks them). Writes into $OUT.
 set -u
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 OUT=${OUT:-$PWD/gpu-out}; mkdir -p "$OUT"
 SHAPE=${SHAPE:-1.1b}; SECTIONS=${SECTIONS:-roofline,hf,inproc,profile,server}; TAG=${TAG:-$SHAPE}
-BENCH_S=${BENCH_S:-360}; TESTS_S=${TESTS_S:-150}; EXTRA=${EXTRA:-}
+BENCH_S=${BENCH_S:-360}; TESTS_S=${TESTS_S:-150}; EXTRA=${EXTRA:-}; SSE_S=${SSE_S:-0}; STARTUP_S=${STARTUP_S:-0}
 T0=$SECONDS
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   || { echo "wheel install failed"; exit 1; }
@@ -15,10 +17,24 @@ export PYTHONPATH=/tmp/site:$PWD
   python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"; } \
   > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
-echo "== bench $SHAPE: $SECTIONS"
-timeout "$BENCH_S" python3 benchmarks/gpu/generation_bench.py --shape "$SHAPE" --sections "$SECTIONS" \
-  --root /tmp/genbench $EXTRA --out "$OUT/gen-$TAG.json" > "$OUT/gen-$TAG.log" 2>&1
-echo "bench rc=$? after $((SECONDS - T0))s"; grep -v "Loading\|Writing" "$OUT/gen-$TAG.log" | grep -v "^ " | tail -25
+if [ "$BENCH_S" -gt 0 ]; then
+  echo "== bench $SHAPE: $SECTIONS"
+  timeout "$BENCH_S" python3 benchmarks/gpu/generation_bench.py --shape "$SHAPE" --sections "$SECTIONS" \
+    --root /tmp/genbench $EXTRA --out "$OUT/gen-$TAG.json" > "$OUT/gen-$TAG.log" 2>&1
+  echo "bench rc=$? after $((SECONDS - T0))s"; grep -v "Loading\|Writing" "$OUT/gen-$TAG.log" | grep -v "^ " | tail -25
+fi
+if [ "$SSE_S" -gt 0 ]; then   # issue 12: the OpenAI SSE stream against the native one, 1.1B shape
+  echo "== sse vs native"
+  timeout "$SSE_S" python3 benchmarks/sse.py --device gpu --shape 1.1b --dtype bfloat16 --duration 10 --reps 3 \
+    --out "$OUT/sse-gpu.json" > "$OUT/sse-gpu.log" 2>&1
+  echo "sse rc=$? after $((SECONDS - T0))s"; tail -12 "$OUT/sse-gpu.log"
+fi
+if [ "$STARTUP_S" -gt 0 ]; then   # issue 14: deploy -> ready -> first token, and where the time goes
+  echo "== start-up"
+  timeout "$STARTUP_S" python3 benchmarks/gpu/startup_bench.py --reps 2 --out "$OUT/startup-gpu.json" \
+    > "$OUT/startup-gpu.log" 2>&1
+  echo "startup rc=$? after $((SECONDS - T0))s"; tail -20 "$OUT/startup-gpu.log"
+fi
 if [ "$TESTS_S" -gt 0 ]; then
   echo "== gpu tests"
   T1=$SECONDS
