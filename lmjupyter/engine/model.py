@@ -37,6 +37,12 @@ HEALTHY_AFTER_S = 60.0
 MAX_EVENTS = 2000  # start-up events kept per model version (GET .../events)
 
 
+def _abandoned(request: PendingRequest) -> None:
+    """A request whose client left while it waited in the queue: it ends here (499), so the HTTP
+    handler awaiting it finishes and lets its connection go (it used to wait forever: a leak)."""
+    request.fail(RequestFailed(499, "the client went away before a worker took the request"))
+
+
 class ServedModel:
     """Owns the workers of one model version and routes its requests to them."""
 
@@ -106,7 +112,9 @@ class ServedModel:
             if worker is None or worker.requests.free <= 0:
                 break
             request = self._queue.popleft()
-            if not request.cancelled:
+            if request.cancelled:
+                _abandoned(request)
+            else:
                 worker.requests.add(request)
         while self._queue and self._idle:
             worker = self._idle.pop()
@@ -125,7 +133,9 @@ class ServedModel:
         batch: list[PendingRequest] = []
         while self._queue and len(batch) < self.config.batchSize:
             request = self._queue.popleft()
-            if not request.cancelled:
+            if request.cancelled:
+                _abandoned(request)
+            else:
                 batch.append(request)
         return batch
 

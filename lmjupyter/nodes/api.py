@@ -80,6 +80,7 @@ class NodeCommandsHandler:
 
     def on_connection_close(self):
         """The agent went away mid-poll (killed, or its host cut off): the registry hears of it now."""
+        super().on_connection_close()  # a body still arriving ends too (else the handler waits forever)
         if self._waiter is not None and not self._waiter.done():
             self._waiter.cancel()
 

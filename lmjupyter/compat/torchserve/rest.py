@@ -170,6 +170,7 @@ class TorchServePredictionsHandler(TorchServeMixin):
 
     def on_connection_close(self):
         """A client that goes away cancels its request; the worker is not disturbed."""
+        super().on_connection_close()  # a body still arriving ends too (else the handler waits forever)
         if self._pending is not None:
             self._pending.cancelled = True
 

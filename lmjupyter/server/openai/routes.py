@@ -241,6 +241,7 @@ class GenerateMixin(OpenAIMixin):
 
     def on_connection_close(self):
         """A client that goes away cancels its sequences; the handler stops waiting for them."""
+        super().on_connection_close()  # a body still arriving ends too (else the handler waits forever)
         self._cancel()
         if self._events is not None:
             self._events.gone()
