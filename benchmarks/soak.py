@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import glob
 import json
 import os
 import random
@@ -38,22 +37,8 @@ MAIN = {"deviceType": "cpu", "minWorkers": 1, "maxWorkers": 2, "batchSize": 4, "
         "torchrun": {"nproc-per-node": 2}}
 SECOND = {"deviceType": "cpu", "minWorkers": 1, "maxWorkers": 1}
 
-
-def descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for stat in glob.glob("/proc/[0-9]*/stat"):
-        try:
-            with open(stat) as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            children.setdefault(int(fields[1]), []).append(int(stat.split("/")[2]))
-        except (OSError, IndexError, ValueError):
-            continue
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
+sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+from serverproc import descendants  # noqa: E402  (every process below the server)
 
 
 def rss_mib(pid: int) -> float:

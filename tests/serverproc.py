@@ -1,6 +1,7 @@
 """Start a real ``lmjupyter serve`` subprocess for tests, and tools to watch processes."""
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -75,6 +76,24 @@ def handler_path(name: str) -> str:
 def alive(pid: int) -> bool:
     """True while the process exists and is not a zombie."""
     return pid_alive(pid)
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (torchrun agents and their ranks)."""
+    children: dict[int, list[int]] = {}
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            with open(stat) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.split("/")[2]))
+        except (OSError, IndexError, ValueError):
+            continue
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
 
 
 def is_fork_server(pid: int) -> bool:

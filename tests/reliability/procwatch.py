@@ -2,31 +2,12 @@
 from __future__ import annotations
 
 import collections
-import glob
 import threading
 import time
 
 import requests
 
-from serverproc import is_fork_server
-
-
-def descendants(pid: int) -> set[int]:
-    """Every process below ``pid`` (torchrun agents and their ranks)."""
-    children: dict[int, list[int]] = {}
-    for stat in glob.glob("/proc/[0-9]*/stat"):
-        try:
-            with open(stat) as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            children.setdefault(int(fields[1]), []).append(int(stat.split("/")[2]))
-        except (OSError, IndexError, ValueError):
-            continue
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
+from serverproc import descendants, is_fork_server
 
 
 def workers_below(pid: int) -> set[int]:

@@ -1,5 +1,4 @@
 """The registry snapshot: models come back after kill -9, damaged snapshots never stop a start."""
-import glob
 import json
 import os
 import signal
@@ -10,28 +9,10 @@ import time
 import pytest
 
 from lmjupyter.archive.pack import create_archive
-from serverproc import ServerProcess, alive, rank_pids, wait_until
+from serverproc import ServerProcess, alive, descendants, rank_pids, wait_until
 from storekit import write_probe
 
 pytestmark = pytest.mark.timeout(150)
-
-
-def _descendants(pid: int) -> set[int]:
-    """Every process below ``pid`` (torchrun agents and their ranks)."""
-    children: dict[int, list[int]] = {}
-    for stat in glob.glob("/proc/[0-9]*/stat"):
-        try:
-            with open(stat) as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            children.setdefault(int(fields[1]), []).append(int(stat.split("/")[2]))
-        except (OSError, IndexError, ValueError):
-            continue
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
 
 
 def _all_ready(client, count: int, timeout: float = 90) -> list[dict]:
@@ -58,7 +39,7 @@ def test_models_come_back_after_kill_9(tmp_path):
         client.scale("kept", 2)
         client.set_default("arch", "6")
         before = {(m["name"], m["version"]): m for m in client.list()}
-        processes = _descendants(first.proc.pid)
+        processes = descendants(first.proc.pid)
         assert set(sum((rank_pids(m) for m in before.values()), [])) <= processes
         assert len(processes) >= 8  # 4 worker groups: a torchrun agent and a rank each
 
