@@ -429,9 +429,7 @@ class Engine:
             torchrun_args=self._torchrun_args(config), env=self._worker_env(config, gpus, model.python_path),
             manifest=model.manifest, spares=self.spares if config.nnodes == 1 else None,
             model_version=model.version, on_metrics=model.metrics.handler_metrics,
-            # GPU ranks start cold: a rank forked from the fork server cannot initialise CUDA (measured on
-            # an H200: "Cannot re-initialize CUDA in forked subprocess")
-            launcher=self.launcher if config.deviceType == "cpu" else None,
+            launcher=self.launcher,
             events=model.events,
             run_dir=self.run_dir, log_dir=self._log_dir(model.name, model.version, worker_id),
             startup_timeout=config.startupTimeout, nnodes=config.nnodes,

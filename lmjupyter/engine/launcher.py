@@ -106,10 +106,9 @@ class ForkServerLauncher:
     kind = "fork-server"
 
     def __init__(self, env: dict[str, str], log_path: str, preload: list[str] | None = None):
-        # The fork server's own environment (the server's, with our PYTHONPATH). If a preloaded
-        # module asks torch.cuda.is_available(), NVML answers instead of the CUDA runtime, which
-        # once initialised here would be unusable in every forked child (torch's documented knob).
-        self.env = {**env, "PYTORCH_NVML_BASED_CUDA_CHECK": "1"}
+        # The fork server's own environment (the server's, with our PYTHONPATH); the fork server
+        # keeps the CUDA driver uninitialised itself (lmjupyter/worker/cudafork.py).
+        self.env = dict(env)
         self.log_path = log_path
         self.preload = list(preload or [])
         self.cold = ColdLauncher()

@@ -14,6 +14,8 @@ import os
 import signal
 import sys
 
+from lmjupyter.worker.cudafork import forks_keep_cuda
+
 RANK_MODULE = "lmjupyter.worker.main"
 
 
@@ -31,6 +33,11 @@ def run_agent(argv: list[str]) -> int:
 
     def rank_as_function(parsed):
         config, _command, _command_args = config_from_args(parsed)  # torchrun's config, unchanged
+        if config.start_method == "fork" and not forks_keep_cuda():
+            print("lmjupyter: the CUDA driver is initialised in the torchrun agent, so forked ranks could "
+                  "not use CUDA; its ranks start with the 'spawn' method instead (slower)", file=sys.stderr,
+                  flush=True)
+            config.start_method = "spawn"
         return config, forked_rank, script_args
 
     torchrun.config_from_args = rank_as_function  # read by torchrun.run() below, in this process only

@@ -35,6 +35,7 @@ import time
 import traceback
 
 from lmjupyter import ipc
+from lmjupyter.worker.cudafork import forks_keep_cuda, keep_cuda_for_forks
 from lmjupyter.worker.deathsig import die_with_parent
 
 # What every forked worker needs imported already: torch, its process groups, torchrun.
@@ -80,12 +81,6 @@ def preload_politely(modules) -> tuple[list[str], dict[str, str]]:
     thread.start()
     thread.join()
     return result[0]
-
-
-def cuda_touched() -> bool:
-    """CUDA cannot be used in a child forked after the parent initialised it."""
-    torch = sys.modules.get("torch")
-    return bool(torch is not None and torch.cuda.is_initialized())
 
 
 def shadowed(python_path: list[str]) -> list[str]:
@@ -171,6 +166,7 @@ class ForkServer:
             os.chdir(request["cwd"])
             os.environ.clear()
             os.environ.update(request["env"])
+            keep_cuda_for_forks()             # torchrun's agent asks is_available(); its ranks are forked
             _extend_sys_path(request["env"].get("PYTHONPATH", ""))
             from lmjupyter.worker.agent import run_agent
 
@@ -228,15 +224,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preload", default="", help="more modules to import before forking (comma-separated)")
     args = parser.parse_args(argv)
     die_with_parent(signal.SIGKILL)
+    keep_cuda_for_forks()
     conn = socket.socket(fileno=args.fd)
     started = time.perf_counter()
     extra = [m for m in args.preload.split(",") if m]
     done, failed = preload_politely([*BASE_PRELOAD, *extra])
     info = {"pid": os.getpid(), "preloaded": done, "failed": failed,
             "import_s": round(time.perf_counter() - started, 3)}
-    if cuda_touched():
-        info["error"] = ("CUDA was initialised while preloading (" + ", ".join(extra) + "): children could "
-                         "not use it; workers start cold")
+    if not forks_keep_cuda():
+        info["error"] = ("the CUDA driver was initialised while preloading (" + ", ".join(BASE_PRELOAD + tuple(extra))
+                         + "): forked children could not use it; workers start cold")
     server = ForkServer(conn)
     server.send(("ready", info))
     if "error" in info:

@@ -16,6 +16,7 @@ GPU_CONFIG = {"deviceType": "gpu", "minWorkers": 1, "maxWorkers": 1, "batchSize"
 
 WHERE_AM_I = textwrap.dedent('''
     import os
+    import sys
     import torch
     from lmjupyter.handlers import BaseHandler
 
@@ -31,7 +32,9 @@ WHERE_AM_I = textwrap.dedent('''
                      "device_count": torch.cuda.device_count(),
                      "current_device": torch.cuda.current_device(),
                      "ctx_device": self.device, "tensor_device": str(x.device),
-                     "uuid": str(props.uuid), "name": props.name} for _ in batch]
+                     "uuid": str(props.uuid), "name": props.name,
+                     # a process forked from the fork server has its modules; a spawned one would not
+                     "forked": "lmjupyter.worker.forkserver" in sys.modules} for _ in batch]
 ''')
 
 
@@ -59,7 +62,7 @@ def test_llama_and_gpt2_through_the_server_equal_generate(tmp_path, models):
 
 
 @pytest.mark.timeout(180)
-def test_the_rank_sees_the_gpu_the_rule_gives(tmp_path):
+def test_the_rank_sees_the_gpu_the_rule_gives_when_forked(tmp_path):
     (tmp_path / "where.py").write_text(WHERE_AM_I)
     with running_server(str(tmp_path)) as server:
         client = server.client
@@ -67,7 +70,11 @@ def test_the_rank_sees_the_gpu_the_rule_gives(tmp_path):
         described = client.deploy("where", handler="where.py", config=config, wait=True)
         assert described["state"] == "ready", server.log()
         answer = client.predict("where", {"x": 1})
+        launcher = client.health()["launcher"]
         client.undeploy("where")
+    # the default start path: the rank was forked (from the fork server's agent) and still has CUDA
+    assert launcher["kind"] == "fork-server" and launcher["state"] == "ready", launcher
+    assert launcher["forked"] == 1 and answer["forked"], (launcher, answer)
     assert described["workers"][0]["devices"] == "0"
     assert answer["CUDA_VISIBLE_DEVICES"] == "0"
     assert answer["device_count"] == 1 and answer["current_device"] == 0
