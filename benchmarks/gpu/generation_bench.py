@@ -11,7 +11,8 @@ weights, saved with save_pretrained), side by side:
 * ``inproc``: the engine in this process (the built-in handler's Generation, no server):
   the captured decode step replayed alone, and the leader's whole step (plan, launch,
   read, detokenize) at 1, 16 and 64 running sequences; ``compile`` adds the same with
-  ``handler.compile`` (inductor) and its compile time;
+  ``handler.compile`` (inductor) and its compile time; ``torch_kernels`` and
+  ``compile_torch_kernels`` the same two with ``handler.kernels: torch`` (no Triton kernels);
 * ``profile``: kernels per decode step (and per layer) with the time of the largest,
   for the engine's step and for the old per-batch path's captured step;
 * ``server``: a real ``lmjupyter serve``: deploy to ready and to first token, one client
@@ -405,6 +406,10 @@ def main(argv=None) -> int:
         "hf": lambda: hf(model_dir, results, args.new),
         "inproc": lambda: inproc(model_dir, results),
         "compile": lambda: inproc(model_dir, results, key="inproc_compiled", compile=True),
+        # the same two with handler.kernels: torch (cuBLAS and PyTorch's ops instead of the Triton kernels)
+        "torch_kernels": lambda: inproc(model_dir, results, key="inproc_torch_kernels", kernels="torch"),
+        "compile_torch_kernels": lambda: inproc(model_dir, results, key="inproc_compiled_torch_kernels",
+                                                compile=True, kernels="torch"),
         "profile": lambda: profile(model_dir, results, **json.loads(args.handler)),
         "server": lambda: server(model_dir, root, results, args.slots, args.quick, json.loads(args.handler)),
     }

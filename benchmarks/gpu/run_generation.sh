@@ -3,12 +3,14 @@
 #   SHAPE=1.1b SECTIONS=roofline,hf,inproc,profile,server bash benchmarks/gpu/run_generation.sh
 #   SSE_S=150 STARTUP_S=200 BENCH_S=0 TESTS_S=0 bash benchmarks/gpu/run_generation.sh   # issue 12's SSE
 #       figure and issue 14's GPU start-up breakdown only (sse.py needs httpx: carry its wheel too)
+#   GEMV_S=170 BENCH_S=0 TESTS_S=0 bash benchmarks/gpu/run_generation.sh   # the Triton GEMV sweep (issue 18)
 # Carry .whl (tornado, pydantic and its parts: the image lacks them). Writes into $OUT.
 set -u
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 OUT=${OUT:-$PWD/gpu-out}; mkdir -p "$OUT"
 SHAPE=${SHAPE:-1.1b}; SECTIONS=${SECTIONS:-roofline,hf,inproc,profile,server}; TAG=${TAG:-$SHAPE}
 BENCH_S=${BENCH_S:-360}; TESTS_S=${TESTS_S:-150}; EXTRA=${EXTRA:-}; SSE_S=${SSE_S:-0}; STARTUP_S=${STARTUP_S:-0}
+GEMV_S=${GEMV_S:-0}
 T0=$SECONDS
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   || { echo "wheel install failed"; exit 1; }
@@ -17,6 +19,11 @@ export PYTHONPATH=/tmp/site:$PWD
   python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"; } \
   > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
+if [ "$GEMV_S" -gt 0 ]; then   # issue 18: the decode matmuls, cuBLAS vs the Triton GEMV, per weight shape
+  echo "== gemv"
+  timeout "$GEMV_S" python3 benchmarks/gpu/gemv_bench.py --quick --out "$OUT/gemv.json" > "$OUT/gemv.log" 2>&1
+  echo "gemv rc=$? after $((SECONDS - T0))s"; tail -14 "$OUT/gemv.log"
+fi
 if [ "$BENCH_S" -gt 0 ]; then
   echo "== bench $SHAPE: $SECTIONS"
   timeout "$BENCH_S" python3 benchmarks/gpu/generation_bench.py --shape "$SHAPE" --sections "$SECTIONS" \

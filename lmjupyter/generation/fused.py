@@ -58,8 +58,22 @@ def activate(up: torch.Tensor, gated: bool) -> torch.Tensor:
     return F.gelu(up, approximate="tanh")
 
 
+def kernels_unavailable(device, dtype) -> str | None:
+    """Why the Triton kernels (``handler.kernels``) cannot run here; None where they can."""
+    if torch.device(device).type != "cuda":
+        return "the Triton kernels run on CUDA devices only"
+    if dtype not in (torch.bfloat16, torch.float16):
+        return "the Triton kernels are for bfloat16 and float16 (float32 keeps cuBLAS, for exact parity)"
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "triton is not installed"
+    return None
+
+
 class Regions:
-    """The functions a decoder calls: plain, or compiled once each (shapes dynamic).
+    """The functions a decoder calls: plain, or compiled once each (shapes dynamic), with Triton's
+    kernels for the few-row matmuls and the rotate-and-store where they run (``kernels``).
 
     Compiled (``handler.compile: true``), the first requests pay for the compile (6-11 s on an
     H200 for the 1.1B and 8B shapes; less with inductor's cache warm). Compiling in a thread
@@ -67,10 +81,31 @@ class Regions:
     captures (benchmarks/gpu/RESULTS-gpu.md).
     """
 
-    def __init__(self, compile: bool = False):
+    def __init__(self, compile: bool = False, triton: bool = False):
         wrap = (lambda fn: torch.compile(fn, dynamic=True)) if compile else (lambda fn: fn)
         self.split_rotate_store = wrap(split_rotate_store)
         self.add_norm = wrap(add_norm)
         self.activate = wrap(activate)
         self.norm = norm
-        self.compiled = compile
+        self.linear = F.linear
+        self.compiled, self.triton = compile, triton
+        if triton:
+            from lmjupyter.generation import triton_kernels
+
+            self._kernels = triton_kernels
+            self._torch_store = self.split_rotate_store
+            self.linear = self._linear
+            self.split_rotate_store = self._rotate_store
+
+    def _linear(self, x: torch.Tensor, w: torch.Tensor, b=None) -> torch.Tensor:
+        if b is None and x.numel() <= self._kernels.MAX_ROWS * x.shape[-1] and w.is_contiguous():
+            return self._kernels.gemv(x, w)
+        return F.linear(x, w, b)
+
+    def _rotate_store(self, qkv, cos, sin, k_cache, v_cache, write_slots, write_pos, q_heads, kv_heads, head_dim):
+        half = head_dim // 2
+        if half & (half - 1) or not k_cache.is_contiguous():   # tl.arange needs a power of two
+            return self._torch_store(qkv, cos, sin, k_cache, v_cache, write_slots, write_pos, q_heads, kv_heads,
+                                     head_dim)
+        return self._kernels.rotate_store(qkv, cos, sin, k_cache, v_cache, write_slots, write_pos, q_heads,
+                                          kv_heads, head_dim)

@@ -10,7 +10,10 @@ each rank a contiguous slice of the layers, pptp both. Settings (``handler:``):
 * ``prefill_chunk`` — prompt tokens prefilled per step (default 512);
 * ``cuda_graphs`` — one CUDA graph per decode bucket (default: on for one GPU rank);
 * ``compile`` — fuse the elementwise regions of each block (lmjupyter.generation.fused)
-  with ``torch.compile`` (default off: the first requests would wait for the compile).
+  with ``torch.compile`` (default off: the first requests would wait for the compile);
+* ``kernels`` — ``auto`` (default: Triton's where they run), ``triton`` (an error where they
+  cannot) or ``torch``: the few-row matmuls and the rotate-and-store of each block as the
+  Triton kernels of :mod:`lmjupyter.generation.triton_kernels` (CUDA, bf16/fp16).
 
 ``batchSize`` is the number of slots: sequences decoded together.
 """
@@ -23,7 +26,7 @@ import torch
 
 from lmjupyter.generation.cache import SlotCache
 from lmjupyter.generation.executor import GroupPlace, StepExecutor
-from lmjupyter.generation.fused import Regions
+from lmjupyter.generation.fused import Regions, kernels_unavailable
 from lmjupyter.generation.leader import Leader, PlanChannel, follow
 from lmjupyter.generation.model import CompactDecoder, StagePlace, rotary_tables
 from lmjupyter.generation.scheduler import Scheduler
@@ -53,9 +56,18 @@ def _int_setting(hcfg: dict, key: str, default: int, low: int = 1) -> int:
     return value
 
 
+def _use_triton(kernels: str, device, dtype) -> bool:
+    if kernels not in ("auto", "torch", "triton"):
+        raise ValueError(f"handler.kernels = {kernels!r}: expected auto, torch or triton")
+    reason = None if kernels == "torch" else kernels_unavailable(device, dtype)
+    if reason is not None and kernels == "triton":
+        raise ValueError(f"handler.kernels = 'triton': {reason}")
+    return kernels != "torch" and reason is None
+
+
 def build_generation(ctx, config, spec: DecoderSpec, tokenizer, eos_ids: set[int], *, pp: int, tp: int, dtype,
                      default_max_new_tokens: int, max_length: int | None, graphs: bool,
-                     compile: bool = False) -> Generation:
+                     compile: bool = False, kernels: str = "auto") -> Generation:
     from lmjupyter.handlers.parallel.dist import make_layout
     from lmjupyter.handlers.parallel.sharded import split_layers
 
@@ -67,6 +79,7 @@ def build_generation(ctx, config, spec: DecoderSpec, tokenizer, eos_ids: set[int
                          f"({spec.max_positions})")
     prefill_chunk = _int_setting(hcfg, "prefill_chunk", DEFAULT_PREFILL_CHUNK)
     device = torch.device(ctx.device)
+    triton = _use_triton(kernels, device, dtype)
 
     layout = make_layout(ctx, pp, tp)
     start, stop = split_layers(spec.layers, pp)[layout.pp_index]
@@ -79,7 +92,7 @@ def build_generation(ctx, config, spec: DecoderSpec, tokenizer, eos_ids: set[int
     cache = SlotCache(stop - start, slots, spec.kv_heads // tp, max_len, spec.head_dim, dtype, device)
     rotary = rotary_tables(config, spec, max_len, device, dtype) if spec.llama_like else None
     model = CompactDecoder(spec, weights, StagePlace((start, stop), first, last, tp, layout.tp_index, tp_group),
-                           cache, rotary, Regions(compile))
+                           cache, rotary, Regions(compile, triton))
     rank, world = ctx.rank, ctx.world_size
     decider = layout.decider_rank
     place = GroupPlace(world=world, rank=rank, decider=decider,
@@ -93,5 +106,6 @@ def build_generation(ctx, config, spec: DecoderSpec, tokenizer, eos_ids: set[int
     log.info("continuous batching: %d slots x %d tokens, KV cache %.1f MiB, weights %.1f MiB on %s",
              slots, max_len, cache.nbytes / 2**20, weights.nbytes() / 2**20, device)
     print(f"continuous batching: {slots} slots x {max_len} tokens; KV cache {cache.nbytes / 2**20:.1f} MiB, "
-          f"weights {weights.nbytes() / 2**20:.1f} MiB on {device}", flush=True)
+          f"weights {weights.nbytes() / 2**20:.1f} MiB on {device}; kernels: {'triton' if triton else 'torch'}",
+          flush=True)
     return Generation(slots, executor, plans, leader)

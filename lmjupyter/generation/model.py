@@ -151,11 +151,11 @@ class CompactDecoder:
         layers = self.w.layers
         h = fx.norm(hidden, layers[0].norm1, layers[0].norm1_bias, spec.norm_eps, spec.llama_like)
         for i, w in enumerate(layers):
-            q = fx.split_rotate_store(F.linear(h, w.qkv, w.qkv_bias), cos, sin, self.cache.k[i], self.cache.v[i],
+            q = fx.split_rotate_store(fx.linear(h, w.qkv, w.qkv_bias), cos, sin, self.cache.k[i], self.cache.v[i],
                                       *store, self.q_heads, self.kv_heads, spec.head_dim)
-            out = self._reduce(F.linear(attend(i, q), w.o))
+            out = self._reduce(fx.linear(attend(i, q), w.o))
             hidden, h = fx.add_norm(hidden, out, w.o_bias, w.norm2, w.norm2_bias, spec.norm_eps, spec.llama_like)
-            out = self._reduce(F.linear(fx.activate(F.linear(h, w.up, w.up_bias), spec.llama_like), w.down))
+            out = self._reduce(fx.linear(fx.activate(fx.linear(h, w.up, w.up_bias), spec.llama_like), w.down))
             if i + 1 < len(layers):
                 nxt = layers[i + 1]
                 hidden, h = fx.add_norm(hidden, out, w.down_bias, nxt.norm1, nxt.norm1_bias, spec.norm_eps,
@@ -175,7 +175,7 @@ class CompactDecoder:
         return x
 
     def _project(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = F.linear(self._norm(hidden, self.w.norm, self.w.norm_bias), self.w.head)
+        logits = self.regions.linear(self._norm(hidden, self.w.norm, self.w.norm_bias), self.w.head)
         if self.place.tp > 1:
             import torch.distributed as dist
 

@@ -23,7 +23,7 @@ prompt, ``max_new_tokens`` and ``temperature`` only, and refuses the rest (400).
 ``handler:`` keys: ``max_new_tokens`` (default 32), ``max_length`` (prompts
 longer than this keep their last ``max_length`` tokens), ``tp_size`` (pptp),
 ``dtype`` (default float32 on CPU, bfloat16 on GPU); continuous batching:
-``max_seq_len``, ``prefill_chunk``, ``cuda_graphs``, ``compile`` (:mod:`lmjupyter.generation.group`);
+``max_seq_len``, ``prefill_chunk``, ``cuda_graphs``, ``compile``, ``kernels`` (:mod:`lmjupyter.generation.group`);
 per-batch: ``cuda_graphs``, ``cuda_graph_max_batch``, ``static_cache``.
 """
 from __future__ import annotations
@@ -89,7 +89,8 @@ class CausalLMHandler(BaseHandler):
             ctx, self.config, spec, self.tokenizer, self.eos_ids, pp=pp, tp=tp,
             dtype=as_dtype(ctx.handler_config.get("dtype"), ctx.device),
             default_max_new_tokens=self.max_new_tokens, max_length=self.max_length, graphs=graphs,
-            compile=_flag(ctx.handler_config, "compile", False))
+            compile=_flag(ctx.handler_config, "compile", False),
+            kernels=ctx.handler_config.get("kernels", "auto"))
         self.decider = self.generation.executor.place.decider
 
     def output_rank(self, ctx) -> int:

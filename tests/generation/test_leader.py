@@ -182,3 +182,17 @@ def test_a_cancelled_request_gives_its_slot_to_the_next_at_once(models):
         if done:
             break
     assert done == [2] and steps <= 4 and not leader.busy
+
+
+@pytest.mark.timeout(120)
+def test_handler_kernels_setting_is_checked(models):
+    """``handler.kernels``: a wrong value, or Triton's kernels asked for where they cannot run (the CPU),
+    fails the start with the reason; ``torch`` and ``auto`` start (auto falls back to torch here)."""
+    with pytest.raises(ValueError, match=r"handler.kernels = 'fast': expected auto, torch or triton"):
+        make_leader(models["llama"], kernels="fast")
+    with pytest.raises(ValueError, match=r"handler.kernels = 'triton': the Triton kernels run on CUDA devices only"):
+        make_leader(models["llama"], kernels="triton")
+    for kernels in ("torch", "auto"):
+        leader = make_leader(models["llama"], kernels=kernels)
+        (status, answer), = run(leader, [{"prompt": "Hello", "max_new_tokens": 3}])[0]
+        assert status == 200 and answer["completion_tokens"] == 3

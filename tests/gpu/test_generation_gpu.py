@@ -18,9 +18,9 @@ from lmjupyter.worker.context import Context
 BF16_TOLERANCE = 0.15   # max |logit difference|, for logits of order 1-10 (bf16 keeps ~3 digits)
 
 
-def leader_on_gpu(model_dir, dtype, slots=4):
+def leader_on_gpu(model_dir, dtype, slots=4, **handler):
     ctx = Context(model_name="m", model_dir=str(model_dir), device="cuda:0",
-                  model_yaml_config={"deviceType": "gpu", "batchSize": slots, "handler": {"dtype": dtype}})
+                  model_yaml_config={"deviceType": "gpu", "batchSize": slots, "handler": {"dtype": dtype, **handler}})
     handler = CausalLMHandler()
     handler.initialize(ctx)
     assert handler.generation is not None and handler.generation.executor.graphs is not None
@@ -59,15 +59,17 @@ def test_fp32_tokens_equal_generate_while_requests_join_and_leave(models, family
 
 
 @pytest.mark.timeout(300)
-def test_bf16_decode_logits_stay_close_to_hf(tmp_path):
+@pytest.mark.parametrize("kernels", ["torch", "triton"])
+def test_bf16_decode_logits_stay_close_to_hf(tmp_path, kernels):
     from lmjupyter.generation.plan import Chunk, StepPlan
     from lmjupyter.generation.scheduler import bucket
     from lmjupyter.models.tiny import build_tiny_llama
 
     model_dir = build_tiny_llama(tmp_path / "mid", num_layers=4, hidden=512, heads=8, kv_heads=2, init_std=0.02,
                                  vocab=2048)
-    handler = leader_on_gpu(model_dir, "bfloat16")
+    handler = leader_on_gpu(model_dir, "bfloat16", kernels=kernels)
     executor = handler.generation.executor
+    assert executor.model.regions.triton == (kernels == "triton")
     model = hf_model(model_dir, "bfloat16")
     prompt = handler.tokenizer("Once upon a time there was a tiny model")["input_ids"]
     steps = 48
@@ -89,7 +91,8 @@ def test_bf16_decode_logits_stay_close_to_hf(tmp_path):
     margins = (top2[:, 0] - top2[:, 1]).tolist()
     agree_until = next((i for i, m in enumerate(margins) if m < BF16_TOLERANCE), steps)
     assert ours[:agree_until] == hf_tokens[:agree_until], (agree_until, diffs[:agree_until])
-    print(f"bf16: max |logit diff| {max(diffs):.4f}; tokens agree for {agree_until} steps (HF margin >= tol)")
+    print(f"bf16, {kernels} kernels: max |logit diff| {max(diffs):.4f}; tokens agree for {agree_until} steps "
+          "(HF margin >= tol)")
 
 
 SHAPES_DIR = __import__("os").environ.get("LMJ_SHAPES_DIR")

@@ -1,0 +1,129 @@
+"""Two Triton kernels for a decode step on the GPU: a matrix-vector product and the
+rotate-and-store of a block's fused q|k|v projection.
+
+* ``gemv`` — ``x @ w.T`` for a few rows of ``x`` (decode: one token per sequence). At
+  one to a few rows cuBLAS's kernels read the weights at about 65 % of the copy
+  bandwidth on an H200 (benchmarks/gpu/RESULTS-gpu.md); a decode step is those reads.
+  Each program here streams ``BLOCK_N`` weight rows once, in ``BLOCK_K`` columns at a
+  time, for every row of ``x``, accumulating in float32.
+* ``rotate_store`` — what :func:`lmjupyter.generation.fused.split_rotate_store` does (split
+  q|k|v, rotate q and k, write k and v into the slot cache at each token's slot and
+  position, return q) in one kernel, where eager PyTorch runs about a dozen and
+  inductor still three (the two cache writes stay index kernels).
+
+Imported only on a CUDA device with Triton installed (``lmjupyter.generation.kernels``).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+# (BLOCK_N, BLOCK_K, num_warps, num_stages) per (out features, in features); others: DEFAULT_CONFIG.
+# Chosen by benchmarks/gpu/gemv_bench.py on an H200.
+GEMV_CONFIGS: dict[tuple[int, int], tuple[int, int, int, int]] = {}
+DEFAULT_CONFIG = (8, 512, 4, 3)
+MAX_ROWS = 4
+
+
+@triton.jit
+def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_ym,
+                 M: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)   # output features of this program
+    rows = tl.arange(0, BLOCK_M)                                 # rows of x
+    offs = tl.arange(0, BLOCK_K)
+    col_ok = cols < N
+    row_ok = rows < M
+    acc = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + offs
+        k_ok = ks < K
+        w = tl.load(w_ptr + cols[:, None] * stride_wn + ks[None, :], mask=col_ok[:, None] & k_ok[None, :],
+                    other=0.0, eviction_policy="evict_first")
+        x = tl.load(x_ptr + rows[:, None] * stride_xm + ks[None, :], mask=row_ok[:, None] & k_ok[None, :],
+                    other=0.0)
+        acc += x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]
+    out = tl.sum(acc, axis=2)
+    tl.store(y_ptr + rows[:, None] * stride_ym + cols[None, :], out.to(y_ptr.dtype.element_ty),
+             mask=row_ok[:, None] & col_ok[None, :])
+
+
+def gemv(x: torch.Tensor, w: torch.Tensor, config: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+    """``x @ w.T`` for x [..., K] with at most MAX_ROWS rows, w [N, K] contiguous; same dtype."""
+    lead, k = x.shape[:-1], x.shape[-1]
+    x2 = x.reshape(-1, k)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    m, n = x2.shape[0], w.shape[0]
+    block_n, block_k, warps, stages = config or GEMV_CONFIGS.get((n, k), DEFAULT_CONFIG)
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    _gemv_kernel[(triton.cdiv(n, block_n),)](
+        x2, w, y, n, k, x2.stride(0), w.stride(0), y.stride(0),
+        M=m, BLOCK_M=triton.next_power_of_2(m), BLOCK_N=block_n, BLOCK_K=block_k,
+        num_warps=warps, num_stages=stages)
+    return y.view(*lead, n)
+
+
+@triton.jit
+def _rotate_store_kernel(qkv_ptr, cos_ptr, sin_ptr, q_ptr, k_ptr, v_ptr, slots_ptr, pos_ptr,
+                         stride_t, stride_rot, stride_cs, stride_ch, stride_cp,
+                         Q_HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
+                         HALF: tl.constexpr, ROTATE: tl.constexpr):
+    token = tl.program_id(0)
+    head = tl.program_id(1)          # 0..Q-1: q heads; then k heads; then v heads
+    half = HALF
+    lo = tl.arange(0, HALF)
+    src = qkv_ptr + token * stride_t + head * HEAD_DIM
+    x1 = tl.load(src + lo).to(tl.float32)
+    x2 = tl.load(src + half + lo).to(tl.float32)
+    y1 = x1
+    y2 = x2
+    if ROTATE:
+        if head < Q_HEADS + KV_HEADS:
+            c1 = tl.load(cos_ptr + token * stride_rot + lo).to(tl.float32)
+            c2 = tl.load(cos_ptr + token * stride_rot + half + lo).to(tl.float32)
+            s1 = tl.load(sin_ptr + token * stride_rot + lo).to(tl.float32)
+            s2 = tl.load(sin_ptr + token * stride_rot + half + lo).to(tl.float32)
+            y1 = x1 * c1 - x2 * s1
+            y2 = x2 * c2 + x1 * s2
+    out1 = y1.to(q_ptr.dtype.element_ty)
+    out2 = y2.to(q_ptr.dtype.element_ty)
+    if head < Q_HEADS:
+        dst = q_ptr + (token * Q_HEADS + head) * HEAD_DIM
+        tl.store(dst + lo, out1)
+        tl.store(dst + half + lo, out2)
+    else:
+        row = tl.load(slots_ptr + token).to(tl.int64) * stride_cs + tl.load(pos_ptr + token).to(tl.int64) * stride_cp
+        if head < Q_HEADS + KV_HEADS:
+            dst = k_ptr + row + (head - Q_HEADS) * stride_ch
+            tl.store(dst + lo, out1)
+            tl.store(dst + half + lo, out2)
+        else:
+            dst = v_ptr + row + (head - Q_HEADS - KV_HEADS) * stride_ch
+            tl.store(dst + lo, out1)
+            tl.store(dst + half + lo, out2)
+
+
+def rotate_store(qkv: torch.Tensor, cos, sin, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                 write_slots: torch.Tensor, write_pos: torch.Tensor, q_heads: int, kv_heads: int,
+                 head_dim: int) -> torch.Tensor:
+    """:func:`lmjupyter.generation.fused.split_rotate_store` in one kernel (same arguments, same result
+    up to rounding: the rotation is computed in float32 and rounded once)."""
+    n, width = qkv.shape[:2]
+    tokens = n * width
+    flat = qkv.reshape(tokens, qkv.shape[-1])
+    if flat.stride(-1) != 1:
+        flat = flat.contiguous()
+    q = torch.empty((n, width, q_heads, head_dim), dtype=qkv.dtype, device=qkv.device)
+    rotate = cos is not None
+    if rotate:
+        cos, sin = cos.reshape(tokens, head_dim), sin.reshape(tokens, head_dim)
+        cos, sin = cos.contiguous(), sin.contiguous()
+    else:
+        cos = sin = flat   # not read
+    _rotate_store_kernel[(tokens, q_heads + 2 * kv_heads)](
+        flat, cos, sin, q, k_cache, v_cache, write_slots, write_pos,
+        flat.stride(0), cos.stride(0) if rotate else 0, k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        Q_HEADS=q_heads, KV_HEADS=kv_heads, HEAD_DIM=head_dim, HALF=head_dim // 2, ROTATE=rotate,
+        num_warps=1)
+    return q
