@@ -10,7 +10,7 @@ export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 OUT=${OUT:-$PWD/gpu-out}; mkdir -p "$OUT"
 SHAPE=${SHAPE:-1.1b}; SECTIONS=${SECTIONS:-roofline,hf,inproc,profile,server}; TAG=${TAG:-$SHAPE}
 BENCH_S=${BENCH_S:-360}; TESTS_S=${TESTS_S:-150}; EXTRA=${EXTRA:-}; SSE_S=${SSE_S:-0}; STARTUP_S=${STARTUP_S:-0}
-GEMV_S=${GEMV_S:-0}
+GEMV_S=${GEMV_S:-0}; TESTS=${TESTS:-tests/gpu}; REAL_SHAPES=${REAL_SHAPES:-1}
 T0=$SECONDS
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   || { echo "wheel install failed"; exit 1; }
@@ -45,11 +45,11 @@ fi
 if [ "$TESTS_S" -gt 0 ]; then
   echo "== gpu tests"
   T1=$SECONDS
-  timeout "$TESTS_S" python3 -m pytest tests/gpu -q -rs -p no:cacheprovider -k "not deepspeed and not real_shapes" \
+  timeout "$TESTS_S" python3 -m pytest $TESTS -q -rs -p no:cacheprovider -k "not deepspeed and not real_shapes" \
     > "$OUT/gpu_tests.log" 2>&1
   echo "gpu tests rc=$? after $((SECONDS - T0))s"; grep -v "Loading\|Writing" "$OUT/gpu_tests.log" | tail -30
   LEFT=$(( TESTS_S - (SECONDS - T1) ))
-  if [ "$LEFT" -gt 40 ]; then   # the fp32 1.1B/8B comparison, on the shapes the bench built
+  if [ "$REAL_SHAPES" = 1 ] && [ "$LEFT" -gt 40 ]; then   # the fp32 1.1B/8B comparison, on the shapes the bench built
     LMJ_SHAPES_DIR=/tmp/genbench timeout "$LEFT" python3 -m pytest tests/gpu/test_generation_gpu.py -q -rs \
       -p no:cacheprovider -k real_shapes > "$OUT/gpu_tests_shapes.log" 2>&1
     echo "real-shape tests rc=$?"; tail -8 "$OUT/gpu_tests_shapes.log"

@@ -1,15 +1,16 @@
 """Two Triton kernels for a decode step on the GPU: a matrix-vector product and the
 rotate-and-store of a block's fused q|k|v projection.
 
-* ``gemv`` — ``x @ w.T`` for a few rows of ``x`` (decode: one token per sequence). At
-  one to a few rows cuBLAS's kernels read the weights at about 65 % of the copy
-  bandwidth on an H200 (benchmarks/gpu/RESULTS-gpu.md); a decode step is those reads.
+* ``gemv`` — ``x @ w.T`` for one row of ``x`` (decode of one sequence). There cuBLAS's
+  kernels read the narrower weights at 32-87 % of the copy bandwidth on an H200
+  (benchmarks/gpu/RESULTS-gpu.md), and a decode step is those reads.
   Each program here streams ``BLOCK_N`` weight rows once, in ``BLOCK_K`` columns at a
   time, for every row of ``x``, accumulating in float32.
 * ``rotate_store`` — what :func:`lmjupyter.generation.fused.split_rotate_store` does (split
   q|k|v, rotate q and k, write k and v into the slot cache at each token's slot and
   position, return q) in one kernel, where eager PyTorch runs about a dozen and
-  inductor still three (the two cache writes stay index kernels).
+  inductor still three (the two cache writes stay index kernels): 1.7 us a layer
+  against 13.8 eager on an H200.
 
 Imported only on a CUDA device with Triton installed (``lmjupyter.generation.kernels``).
 """
@@ -19,11 +20,20 @@ import torch
 import triton
 import triton.language as tl
 
-# (BLOCK_N, BLOCK_K, num_warps, num_stages) per (out features, in features); others: DEFAULT_CONFIG.
-# Chosen by benchmarks/gpu/gemv_bench.py on an H200.
-GEMV_CONFIGS: dict[tuple[int, int], tuple[int, int, int, int]] = {}
-DEFAULT_CONFIG = (8, 512, 4, 3)
-MAX_ROWS = 4
+# Where the GEMV beats cuBLAS, and with what tiles (benchmarks/gpu/gemv_bench.py on an H200, weights
+# streamed from HBM as in a decode step, 2026-12-01): at one row, for the q|k|v, o and down projections
+# of the 1.1B and 8B Llamas (1.1B: 5.1 / 4.4 / 8.1 us against cuBLAS's 6.3 / 6.2 / 11.2; 8B: 15.2 /
+# 10.9 / 29.6 against 15.6 / 13.5 / 32.0); not for the wide gate|up (N 11264 and 28672: cuBLAS reads
+# those at 80-99 % of the copy bandwidth, the GEMV at 78-98 %), nor at two or four rows (slower).
+# One tile shape was within ~5 % of each shape's best, so there is one compile per process.
+GEMV_MAX_ROWS = 1
+GEMV_MAX_N = 8192
+DEFAULT_CONFIG = (4, 2048, 4, 1)   # (BLOCK_N, BLOCK_K, num_warps, num_stages)
+
+
+def gemv_pays(x: torch.Tensor, w: torch.Tensor) -> bool:
+    """Whether ``gemv(x, w)`` is the faster product (the measurements above)."""
+    return x.numel() <= GEMV_MAX_ROWS * x.shape[-1] and w.shape[0] <= GEMV_MAX_N and w.is_contiguous()
 
 
 @triton.jit
@@ -49,13 +59,13 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_ym,
 
 
 def gemv(x: torch.Tensor, w: torch.Tensor, config: tuple[int, int, int, int] | None = None) -> torch.Tensor:
-    """``x @ w.T`` for x [..., K] with at most MAX_ROWS rows, w [N, K] contiguous; same dtype."""
+    """``x @ w.T`` for x [..., K] with a few rows (any number works; see gemv_pays), w [N, K] contiguous."""
     lead, k = x.shape[:-1], x.shape[-1]
     x2 = x.reshape(-1, k)
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
     m, n = x2.shape[0], w.shape[0]
-    block_n, block_k, warps, stages = config or GEMV_CONFIGS.get((n, k), DEFAULT_CONFIG)
+    block_n, block_k, warps, stages = config or DEFAULT_CONFIG
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     _gemv_kernel[(triton.cdiv(n, block_n),)](
         x2, w, y, n, k, x2.stride(0), w.stride(0), y.stride(0),

@@ -33,8 +33,9 @@ WHERE_AM_I = textwrap.dedent('''
                      "current_device": torch.cuda.current_device(),
                      "ctx_device": self.device, "tensor_device": str(x.device),
                      "uuid": str(props.uuid), "name": props.name,
-                     # a process forked from the fork server has its modules; a spawned one would not
-                     "forked": "lmjupyter.worker.forkserver" in sys.modules} for _ in batch]
+                     # a process forked from the fork server has its main module; a new interpreter not
+                     "forked": getattr(sys.modules["__main__"].__spec__, "name", None)
+                               == "lmjupyter.worker.forkserver"} for _ in batch]
 ''')
 
 

@@ -22,7 +22,7 @@ def kernels():
 def test_gemv_equals_linear_for_one_to_four_rows(kernels, n, k, dtype):
     torch.manual_seed(n + k)
     w = (torch.randn(n, k, device=DEV) * 0.02).to(dtype)
-    for rows in range(1, kernels.MAX_ROWS + 1):
+    for rows in range(1, 5):
         x = torch.randn(rows, 1, k, device=DEV).to(dtype)
         reference = F.linear(x.float(), w.float())
         for config in (None, (4, 256, 4, 1), (16, 1024, 8, 3)):
@@ -53,6 +53,10 @@ def test_rotate_store_equals_split_rotate_store(kernels, rotary, rows, width):
     # eager rounds each product to bf16, the kernel once: within a few bf16 steps of values ~4
     tolerance = 0.05 if rotary else 0.0
     assert q_got.shape == q_ref.shape and (q_got.float() - q_ref.float()).abs().max() <= tolerance
+    written = torch.zeros(slots + 1, max_len, dtype=torch.bool, device=DEV)
+    written[write_slots, write_pos] = True
     for ours, theirs in zip(caches[1], caches[0]):
         assert (ours.float() - theirs.float()).abs().max() <= tolerance
-        assert torch.equal(ours != 0, theirs != 0)   # the same cache rows written, no others
+        rows_of = ours.transpose(1, 2)                       # [slot, position, kv head, d]
+        assert not rows_of[~written].any()                   # nothing written outside those rows
+        assert rows_of[written].abs().amax((-2, -1)).min() > 0
