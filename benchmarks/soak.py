@@ -7,8 +7,9 @@ One server, one model ("main": 1-2 workers x 2 gloo ranks, batchSize 4) under
 3 predict clients and 1 streaming client checking every answer, while: clients
 drop requests mid-way (predicts and streams), "main" is scaled 1 <-> 2 every 20 s,
 a second model is deployed and undeployed every 25 s, and a rank of "main" is
-killed -9 every 30 s. Every 5 s the server's RSS and open fds, the ranks' RSS and
-the number of processes below the server are sampled. At the end the server is
+killed -9 every 30 s. Every 5 s the server's RSS and open fds, its HTTP requests in
+flight (``lmjupyter_http_requests_in_flight``), the ranks' RSS and the number of
+processes below the server are sampled. At the end the server is
 stopped and nothing may be left. Prints (and with --json writes) the counts of
 every outcome and the samples.
 """
@@ -192,9 +193,15 @@ class Soak:
         rank_pids = [r["pid"] for m in models for w in m["workers"] for r in w["ranks"]]
         self.samples.append({"t": round(time.monotonic() - self.started, 1), "server_rss_mib": round(rss_mib(self.proc.pid), 1),
                              "server_fds": len(os.listdir(f"/proc/{self.proc.pid}/fd")),
+                             "http_in_flight": self.in_flight(),
                              "ranks": len(rank_pids), "ranks_rss_mib": round(sum(rss_mib(p) for p in rank_pids), 1),
                              "processes_below": len(below)})
         return "sampled"
+
+    def in_flight(self) -> float | None:
+        """The server's ``lmjupyter_http_requests_in_flight``; this scrape counts itself (1 with nothing else)."""
+        match = re.search(r"^lmjupyter_http_requests_in_flight (\S+)$", self.call("GET", "lmserve/metrics").text, re.M)
+        return float(match.group(1)) if match else None
 
     # ---- the run ----------------------------------------------------------------------------
     def run(self) -> dict:

@@ -52,6 +52,12 @@ class EngineMetrics:
         self.cancelled = Counter("lmjupyter_cancelled_requests", "Requests cancelled by their client while a "
                                  "worker held them", ["model"], registry=self.registry)
         self._handler_metrics: dict[str, tuple] = {}  # name -> (type, label names, metric or None if refused)
+        # HTTP requests of this engine's routes being handled (server/api.py's InFlight, the fast predict path):
+        # a plain int on the event loop, read at scrape time, so counting costs the hot path nothing
+        self.http_in_flight = 0
+        Gauge("lmjupyter_http_requests_in_flight", "HTTP requests whose handling has started and not ended "
+              "(answered, or the client left); a scrape counts itself", registry=self.registry
+              ).set_function(lambda: self.http_in_flight)
 
     def for_model(self, name: str) -> "ModelMetrics":
         return ModelMetrics(self, name)

@@ -62,7 +62,7 @@ class JupyterFastPredict(Router):
         except ApiError:
             return None  # the ordinary handler answers with the same 404
         self._count_activity()
-        return FastPredict(request, model)
+        return FastPredict(request, model, self.engine.metrics)
 
     def _token_ok(self, headers: httputil.HTTPHeaders) -> bool:
         if not self._plain_auth():

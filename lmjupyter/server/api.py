@@ -310,12 +310,41 @@ def all_routes(torchserve_prefix: str = "", openai_at_root: bool = False) -> lis
             + (OPENAI_ROUTES if openai_at_root else []))
 
 
+class InFlight:
+    """Joined under every route's mixins, above the server's base handler (``route_table``): counts the
+    request in ``lmjupyter_http_requests_in_flight`` from ``prepare`` (before the server's auth) until
+    ``on_finish`` or ``on_connection_close``, whichever comes first, once. A mixin that overrides
+    ``on_connection_close`` without calling ``super()`` leaves its request counted (and, for a
+    streamed-body route, its handler waiting for the body forever): the gauge shows such a leak."""
+
+    _in_flight = None  # the EngineMetrics this request is counted in, until it is counted out
+
+    def prepare(self):
+        metrics = self.settings["lmserve_engine"].metrics
+        metrics.http_in_flight += 1
+        self._in_flight = metrics
+        return super().prepare()  # None, or the awaitable of an async prepare (Jupyter's), for Tornado
+
+    def _count_out(self) -> None:
+        metrics, self._in_flight = self._in_flight, None
+        if metrics is not None:
+            metrics.http_in_flight -= 1
+
+    def on_finish(self):
+        self._count_out()
+        super().on_finish()
+
+    def on_connection_close(self):
+        self._count_out()
+        super().on_connection_close()
+
+
 def route_table(base_url: str, base_handler: type, wrap=lambda cls: cls,
                 torchserve_prefix: str = "", openai_at_root: bool = False) -> list[tuple[str, type]]:
     """The routes joined with a server's base handler; ``wrap`` may add auth decorators.
     TorchServe's paths sit at the root of ``lmjupyter serve`` and under ``lmserve/`` in Jupyter."""
     base_url = "/" + base_url.strip("/") + "/" if base_url.strip("/") else "/"
     # _stream_request_body: Tornado hands the body over in chunks (limits.StreamedBody bounds it)
-    return [(base_url + pattern, wrap(type(mixin.__name__, (mixin, base_handler),
+    return [(base_url + pattern, wrap(type(mixin.__name__, (mixin, InFlight, base_handler),
                                            {"_stream_request_body": issubclass(mixin, StreamedBody)})))
             for pattern, mixin in all_routes(torchserve_prefix, openai_at_root)]

@@ -41,12 +41,13 @@ class Application(tornado.web.Application):
         if request.method == "POST" and not request.query and small_enough(request, self.settings):
             match = PREDICT_PATH.match(request.path)
             if match is not None and _token_ok(request.headers, self.settings["lmserve_token"]):
+                engine = self.settings["lmserve_engine"]
                 try:
-                    model = self.settings["lmserve_engine"].model(*match.groups())
+                    model = engine.model(*match.groups())
                 except ApiError:
                     pass  # the ordinary handler answers with the same 404
                 else:
-                    return FastPredict(request, model)
+                    return FastPredict(request, model, engine.metrics)
         return super().find_handler(request, **kwargs)
 
 
@@ -69,13 +70,20 @@ def _token_ok(headers: httputil.HTTPHeaders, expected: str) -> bool:
 class FastPredict(httputil.HTTPMessageDelegate):
     """One non-streamed predict request: what ``PredictHandler.post`` does, minus the handler."""
 
-    def __init__(self, request: httputil.HTTPServerRequest, model):
+    def __init__(self, request: httputil.HTTPServerRequest, model, engine_metrics):
         self.request = request
         self.model = model
         self.pending = None
         self.started = time.perf_counter()
         self._chunks: list[bytes] = []
+        engine_metrics.http_in_flight += 1  # lmjupyter_http_requests_in_flight, as api.InFlight counts
+        self._in_flight = engine_metrics     # until answered or the client leaves, once
         request.connection.set_close_callback(self.on_connection_close)
+
+    def _count_out(self) -> None:
+        metrics, self._in_flight = self._in_flight, None
+        if metrics is not None:
+            metrics.http_in_flight -= 1
 
     def headers_received(self, start_line, headers) -> None:
         return None
@@ -121,6 +129,7 @@ class FastPredict(httputil.HTTPMessageDelegate):
             connection.finish()
         except StreamClosedError:
             pass
+        self._count_out()
         self.model.metrics.answered(status, time.perf_counter() - self.started)
         if status >= 400:
             log = access_log.warning if status < 500 else access_log.error
@@ -128,7 +137,9 @@ class FastPredict(httputil.HTTPMessageDelegate):
                 1000.0 * self.request.request_time())
 
     def on_connection_close(self) -> None:
-        """A client that goes away cancels its request; the worker is not disturbed."""
+        """A client that goes away cancels its request; the worker is not disturbed. Called as the delegate
+        (the client left mid-body) or as the close callback (it left waiting for the answer), or both."""
+        self._count_out()
         if self.pending is not None:
             self.pending.cancelled = True
 

@@ -113,3 +113,35 @@ def test_a_stream_nobody_reads_is_cut_after_client_timeout_and_others_go_on(serv
     assert rss_mib(server.proc.pid) < rss_stalled + 40
     assert server.client.predict("echo", {"after": "stream"}) == {"after": "stream"}
 
+
+def in_flight(server) -> float:
+    """``lmjupyter_http_requests_in_flight`` as a scrape sees it (the scrape counts itself: idle is 1)."""
+    for line in server.client.metrics().splitlines():
+        if line.startswith("lmjupyter_http_requests_in_flight "):
+            return float(line.split()[1])
+    raise AssertionError("lmjupyter_http_requests_in_flight is not in /lmserve/metrics")
+
+
+def test_clients_that_leave_mid_body_are_counted_out(server):
+    """A client that leaves before its body is in must end its request. A streamed-body handler that
+    overrode on_connection_close without Tornado's waited for the body forever (~10 KiB each, the
+    soak's RSS growth); the in-flight gauge stays up for each such handler, so it witnesses the leak
+    deterministically. Both ways a predict is served: the ordinary handler (``?stream=1``) and the
+    fast path (plain POST)."""
+    assert wait_for(lambda: in_flight(server) == 1, 10), in_flight(server)  # idle: only the scrape
+    body = b'{"x": "' + b"y" * 4000 + b'"}'
+    for stream in (True, False):
+        head = predict_head(server.url, server.token, "echo", len(body), stream=stream)
+        socks = [connect(server.url) for _ in range(50)]
+        try:
+            for sock in socks:
+                sock.sendall(head + body[:100])  # Content-Length promises ~4 KB more than is sent
+            # all 50 are seen waiting for their bodies (else the figure below would prove nothing)
+            assert wait_for(lambda: in_flight(server) == 51, 10), (stream, in_flight(server))
+        finally:
+            for sock in socks:
+                sock.close()
+        assert wait_for(lambda: in_flight(server) == 1, 10), \
+            f"stream={stream}: {in_flight(server) - 1:.0f} of 50 requests whose client left mid-body still in flight"
+    assert server.client.predict("echo", {"still": "here"}) == {"still": "here"}
+    assert in_flight(server) == 1

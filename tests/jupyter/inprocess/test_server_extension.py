@@ -124,6 +124,7 @@ async def test_deploy_query_stream_metrics_undeploy(jp_fetch, handler_file):
     metrics = await jp_fetch("lmserve", "metrics")
     assert metrics.headers["Content-Type"].startswith("text/plain")
     assert b'lmjupyter_request_latency_seconds_bucket{le="0.005",model="echo"}' in metrics.body
+    assert b"\nlmjupyter_http_requests_in_flight 1.0\n" in metrics.body  # the scrape itself: the predicts ended
 
     await jp_fetch("lmserve", "api", "models", "echo", method="DELETE", request_timeout=60)
     await _until_gone(_pids(description))
