@@ -79,6 +79,8 @@ def test_only_plain_authorized_predicts_of_deployed_models_take_the_fast_path():
     from lmjupyter.server import standalone
 
     class Engine:
+        metrics = types.SimpleNamespace(http_in_flight=0)   # what FastPredict counts itself in
+
         def model(self, name, version=None):
             if name != "m":
                 raise ApiError(404, f"no model named {name!r} is deployed")
