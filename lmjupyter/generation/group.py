@@ -56,13 +56,24 @@ def _int_setting(hcfg: dict, key: str, default: int, low: int = 1) -> int:
     return value
 
 
-def _use_triton(kernels: str, device, dtype) -> bool:
+def _use_triton(kernels: str, device, dtype, q_heads: int, kv_heads: int, head_dim: int, rotary: bool) -> bool:
+    """``handler.kernels``: whether this rank uses the Triton kernels. ``auto`` falls back to PyTorch's,
+    saying why in the rank's log, where they cannot run or fail their self-check; ``triton`` fails."""
     if kernels not in ("auto", "torch", "triton"):
         raise ValueError(f"handler.kernels = {kernels!r}: expected auto, torch or triton")
-    reason = None if kernels == "torch" else kernels_unavailable(device, dtype)
+    if kernels == "torch":
+        return False
+    reason = kernels_unavailable(device, dtype)
+    if reason is None:
+        from lmjupyter.generation.triton_kernels import self_check
+
+        reason = self_check(device, dtype, q_heads, kv_heads, head_dim, rotary)
+        if reason is not None and kernels == "auto":
+            log.warning("%s; using PyTorch's kernels", reason)
+            print(f"lmjupyter: {reason}; using PyTorch's kernels (handler.kernels: torch hides this)", flush=True)
     if reason is not None and kernels == "triton":
         raise ValueError(f"handler.kernels = 'triton': {reason}")
-    return kernels != "torch" and reason is None
+    return reason is None
 
 
 def build_generation(ctx, config, spec: DecoderSpec, tokenizer, eos_ids: set[int], *, pp: int, tp: int, dtype,
@@ -79,7 +90,8 @@ def build_generation(ctx, config, spec: DecoderSpec, tokenizer, eos_ids: set[int
                          f"({spec.max_positions})")
     prefill_chunk = _int_setting(hcfg, "prefill_chunk", DEFAULT_PREFILL_CHUNK)
     device = torch.device(ctx.device)
-    triton = _use_triton(kernels, device, dtype)
+    triton = _use_triton(kernels, device, dtype, spec.heads // tp, spec.kv_heads // tp, spec.head_dim,
+                         rotary=spec.llama_like)
 
     layout = make_layout(ctx, pp, tp)
     start, stop = split_layers(spec.layers, pp)[layout.pp_index]

@@ -17,6 +17,7 @@ Imported only on a CUDA device with Triton installed (``lmjupyter.generation.ker
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -137,3 +138,40 @@ def rotate_store(qkv: torch.Tensor, cos, sin, k_cache: torch.Tensor, v_cache: to
         Q_HEADS=q_heads, KV_HEADS=kv_heads, HEAD_DIM=head_dim, HALF=head_dim // 2, ROTATE=rotate,
         num_warps=1)
     return q
+
+
+def self_check(device, dtype, q_heads: int, kv_heads: int, head_dim: int, rotary: bool = True) -> str | None:
+    """Compile and run both kernels once, for this model's head layout, against their PyTorch forms.
+
+    Returns why they cannot be used (Triton needs a C compiler and a writable cache, for one), or
+    None. Run before serving, so that a deploy does not find out at its first request, and so that
+    the compile is paid while the worker starts rather than by that request.
+    """
+    from lmjupyter.generation.fused import split_rotate_store
+
+    try:
+        gen = torch.Generator(device=device).manual_seed(0)
+        x = torch.randn(1, 1, 256, device=device, dtype=dtype, generator=gen)
+        w = torch.randn(80, 256, device=device, dtype=dtype, generator=gen) * 0.05
+        reference = F.linear(x.float(), w.float())
+        if (gemv(x, w).float() - reference).abs().max() > 1e-2 * reference.abs().max() + 1e-3:
+            return "the Triton GEMV gave a wrong answer in its self-check"
+        if (head_dim // 2) & (head_dim // 2 - 1):
+            return None   # the decoder keeps PyTorch's rotate-and-store for this head size (fused.Regions)
+        width = (q_heads + 2 * kv_heads) * head_dim
+        qkv = torch.randn(2, 1, width, device=device, dtype=dtype, generator=gen)
+        angles = torch.rand(2, 1, 1, head_dim, device=device, generator=gen)
+        cos, sin = (angles.cos().to(dtype), angles.sin().to(dtype)) if rotary else (None, None)
+        slots, pos = torch.tensor([0, 1], device=device), torch.tensor([3, 5], device=device)
+        caches = [[torch.zeros(3, kv_heads, 8, head_dim, device=device, dtype=dtype) for _ in range(2)]
+                  for _ in range(2)]
+        q_ref = split_rotate_store(qkv, cos, sin, *caches[0], slots, pos, q_heads, kv_heads, head_dim)
+        q_got = rotate_store(qkv, cos, sin, *caches[1], slots, pos, q_heads, kv_heads, head_dim)
+        pairs = [(q_got, q_ref), *zip(caches[1], caches[0])]
+        if any((a.float() - b.float()).abs().max() > 0.05 for a, b in pairs):
+            return "the Triton rotate-and-store gave a wrong answer in its self-check"
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize(device)
+    except Exception as exc:  # noqa: BLE001 - any failure means: use PyTorch's kernels
+        return f"the Triton kernels failed their self-check: {type(exc).__name__}: {str(exc)[:300]}"
+    return None

@@ -60,3 +60,41 @@ def test_rotate_store_equals_split_rotate_store(kernels, rotary, rows, width):
         rows_of = ours.transpose(1, 2)                       # [slot, position, kv head, d]
         assert not rows_of[~written].any()                   # nothing written outside those rows
         assert rows_of[written].abs().amax((-2, -1)).min() > 0
+
+
+FALLBACK = r'''
+import json, sys
+from test_generation_gpu import leader_on_gpu
+handler = leader_on_gpu(sys.argv[1], "bfloat16", kernels="auto")
+print(json.dumps({"auto_uses_triton": handler.generation.executor.model.regions.triton}))
+try:
+    leader_on_gpu(sys.argv[1], "bfloat16", kernels="triton")
+    print(json.dumps({"triton": "started"}))
+except ValueError as exc:
+    print(json.dumps({"triton": str(exc)}))
+'''
+
+
+@pytest.mark.timeout(300)
+def test_auto_falls_back_to_torch_when_triton_cannot_compile(tmp_path, models):
+    """A machine where Triton cannot build its kernels (here: its cache folder cannot be made) still
+    serves with ``kernels: auto``, saying why; ``kernels: triton`` refuses to start, saying why."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    here = Path(__file__).resolve().parent
+    env = {**os.environ, "TRITON_CACHE_DIR": str(blocker / "cache"),
+           "PYTHONPATH": os.pathsep.join([str(here), str(here.parent), str(here.parents[1]),
+                                          os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", FALLBACK, models["llama"]], env=env, capture_output=True,
+                          text=True, timeout=280)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert lines[0] == {"auto_uses_triton": False}, done.stdout
+    assert "failed their self-check" in done.stdout          # the rank's log says why
+    assert lines[1]["triton"].startswith("handler.kernels = 'triton': the Triton kernels failed their self-check")
