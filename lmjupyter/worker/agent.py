@@ -6,7 +6,8 @@ then ``-m lmjupyter.worker.main SPEC``) and runs torchrun's own ``run()`` on the
 rendezvous, the same environment for every rank, the same monitoring, restarts and exit.
 One thing differs: where torchrun would exec a new interpreter per rank, it starts the
 rank's ``main`` as a function with torchrun's ``fork`` start method (unless
-``--start-method`` was given), so ranks begin with torch already imported.
+``--start-method`` was given), so ranks begin with torch already imported; with
+``spawn`` instead where a forked rank could not use CUDA (``worker/cudafork.py``).
 """
 from __future__ import annotations
 
