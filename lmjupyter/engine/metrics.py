@@ -59,6 +59,19 @@ class EngineMetrics:
               "(answered, or the client left); a scrape counts itself", registry=self.registry
               ).set_function(lambda: self.http_in_flight)
 
+    def http_request_started(self):
+        """Count one HTTP request in; the function returned counts it out, once, however many of the
+        request's endings (its answer, its client leaving, both) call it."""
+        self.http_in_flight += 1
+        counted = True
+
+        def ended() -> None:
+            nonlocal counted
+            if counted:
+                counted = False
+                self.http_in_flight -= 1
+        return ended
+
     def for_model(self, name: str) -> "ModelMetrics":
         return ModelMetrics(self, name)
 

@@ -317,18 +317,11 @@ class InFlight:
     ``on_connection_close`` without calling ``super()`` leaves its request counted (and, for a
     streamed-body route, its handler waiting for the body forever): the gauge shows such a leak."""
 
-    _in_flight = None  # the EngineMetrics this request is counted in, until it is counted out
+    _count_out = staticmethod(lambda: None)   # until prepare counts the request in
 
     def prepare(self):
-        metrics = self.settings["lmserve_engine"].metrics
-        metrics.http_in_flight += 1
-        self._in_flight = metrics
+        self._count_out = self.settings["lmserve_engine"].metrics.http_request_started()
         return super().prepare()  # None, or the awaitable of an async prepare (Jupyter's), for Tornado
-
-    def _count_out(self) -> None:
-        metrics, self._in_flight = self._in_flight, None
-        if metrics is not None:
-            metrics.http_in_flight -= 1
 
     def on_finish(self):
         self._count_out()

@@ -76,14 +76,8 @@ class FastPredict(httputil.HTTPMessageDelegate):
         self.pending = None
         self.started = time.perf_counter()
         self._chunks: list[bytes] = []
-        engine_metrics.http_in_flight += 1  # lmjupyter_http_requests_in_flight, as api.InFlight counts
-        self._in_flight = engine_metrics     # until answered or the client leaves, once
+        self._count_out = engine_metrics.http_request_started()  # as api.InFlight counts the other routes
         request.connection.set_close_callback(self.on_connection_close)
-
-    def _count_out(self) -> None:
-        metrics, self._in_flight = self._in_flight, None
-        if metrics is not None:
-            metrics.http_in_flight -= 1
 
     def headers_received(self, start_line, headers) -> None:
         return None

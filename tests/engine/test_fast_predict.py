@@ -75,11 +75,12 @@ def test_only_plain_authorized_predicts_of_deployed_models_take_the_fast_path():
 
     from tornado import httputil
 
+    from lmjupyter.engine.metrics import EngineMetrics
     from lmjupyter.errors import ApiError
     from lmjupyter.server import standalone
 
     class Engine:
-        metrics = types.SimpleNamespace(http_in_flight=0)   # what FastPredict counts itself in
+        metrics = EngineMetrics()   # what FastPredict counts itself in
 
         def model(self, name, version=None):
             if name != "m":
