@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -82,15 +83,11 @@ def configs(rows: int, quick: bool):
     space = itertools.product((2, 4, 8, 16, 32), (128, 256, 512, 1024, 2048), (2, 4, 8), (1, 2, 3, 4))
     for block_n, block_k, warps, stages in space:
         # the float32 accumulator: at most ~64 registers a thread
-        if triton_pow2(rows) * block_n * block_k > 64 * 32 * warps:
+        if triton.next_power_of_2(rows) * block_n * block_k > 64 * 32 * warps:
             continue
         if quick and (stages not in (1, 3) or warps == 2):
             continue
         yield block_n, block_k, warps, stages
-
-
-def triton_pow2(n: int) -> int:
-    return 1 << (n - 1).bit_length()
 
 
 def bench_shape(n: int, k: int, layers: int, bandwidth: float, quick: bool) -> dict:

@@ -103,8 +103,7 @@ class Regions:
         return F.linear(x, w, b)
 
     def _rotate_store(self, qkv, cos, sin, k_cache, v_cache, write_slots, write_pos, q_heads, kv_heads, head_dim):
-        half = head_dim // 2
-        if half & (half - 1) or not k_cache.is_contiguous():   # tl.arange needs a power of two
+        if not (self._kernels.rotate_store_fits(head_dim) and k_cache.is_contiguous()):
             return self._torch_store(qkv, cos, sin, k_cache, v_cache, write_slots, write_pos, q_heads, kv_heads,
                                      head_dim)
         return self._kernels.rotate_store(qkv, cos, sin, k_cache, v_cache, write_slots, write_pos, q_heads,

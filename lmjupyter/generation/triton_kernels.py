@@ -12,7 +12,7 @@ rotate-and-store of a block's fused q|k|v projection.
   inductor still three (the two cache writes stay index kernels): 1.7 us a layer
   against 13.8 eager on an H200.
 
-Imported only on a CUDA device with Triton installed (``lmjupyter.generation.kernels``).
+Imported only on a CUDA device with Triton installed (``lmjupyter.generation.fused.Regions``).
 """
 from __future__ import annotations
 
@@ -75,6 +75,12 @@ def gemv(x: torch.Tensor, w: torch.Tensor, config: tuple[int, int, int, int] | N
     return y.view(*lead, n)
 
 
+def rotate_store_fits(head_dim: int) -> bool:
+    """Whether the kernel takes this head size (``tl.arange`` spans a power of two: half a head)."""
+    half = head_dim // 2
+    return half > 0 and half & (half - 1) == 0
+
+
 @triton.jit
 def _rotate_store_kernel(qkv_ptr, cos_ptr, sin_ptr, q_ptr, k_ptr, v_ptr, slots_ptr, pos_ptr,
                          stride_t, stride_rot, stride_cs, stride_ch, stride_cp,
@@ -82,19 +88,18 @@ def _rotate_store_kernel(qkv_ptr, cos_ptr, sin_ptr, q_ptr, k_ptr, v_ptr, slots_p
                          HALF: tl.constexpr, ROTATE: tl.constexpr):
     token = tl.program_id(0)
     head = tl.program_id(1)          # 0..Q-1: q heads; then k heads; then v heads
-    half = HALF
     lo = tl.arange(0, HALF)
     src = qkv_ptr + token * stride_t + head * HEAD_DIM
     x1 = tl.load(src + lo).to(tl.float32)
-    x2 = tl.load(src + half + lo).to(tl.float32)
+    x2 = tl.load(src + HALF + lo).to(tl.float32)
     y1 = x1
     y2 = x2
     if ROTATE:
         if head < Q_HEADS + KV_HEADS:
             c1 = tl.load(cos_ptr + token * stride_rot + lo).to(tl.float32)
-            c2 = tl.load(cos_ptr + token * stride_rot + half + lo).to(tl.float32)
+            c2 = tl.load(cos_ptr + token * stride_rot + HALF + lo).to(tl.float32)
             s1 = tl.load(sin_ptr + token * stride_rot + lo).to(tl.float32)
-            s2 = tl.load(sin_ptr + token * stride_rot + half + lo).to(tl.float32)
+            s2 = tl.load(sin_ptr + token * stride_rot + HALF + lo).to(tl.float32)
             y1 = x1 * c1 - x2 * s1
             y2 = x2 * c2 + x1 * s2
     out1 = y1.to(q_ptr.dtype.element_ty)
@@ -102,17 +107,17 @@ def _rotate_store_kernel(qkv_ptr, cos_ptr, sin_ptr, q_ptr, k_ptr, v_ptr, slots_p
     if head < Q_HEADS:
         dst = q_ptr + (token * Q_HEADS + head) * HEAD_DIM
         tl.store(dst + lo, out1)
-        tl.store(dst + half + lo, out2)
+        tl.store(dst + HALF + lo, out2)
     else:
         row = tl.load(slots_ptr + token).to(tl.int64) * stride_cs + tl.load(pos_ptr + token).to(tl.int64) * stride_cp
         if head < Q_HEADS + KV_HEADS:
             dst = k_ptr + row + (head - Q_HEADS) * stride_ch
             tl.store(dst + lo, out1)
-            tl.store(dst + half + lo, out2)
+            tl.store(dst + HALF + lo, out2)
         else:
             dst = v_ptr + row + (head - Q_HEADS - KV_HEADS) * stride_ch
             tl.store(dst + lo, out1)
-            tl.store(dst + half + lo, out2)
+            tl.store(dst + HALF + lo, out2)
 
 
 def rotate_store(qkv: torch.Tensor, cos, sin, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -156,7 +161,7 @@ def self_check(device, dtype, q_heads: int, kv_heads: int, head_dim: int, rotary
         reference = F.linear(x.float(), w.float())
         if (gemv(x, w).float() - reference).abs().max() > 1e-2 * reference.abs().max() + 1e-3:
             return "the Triton GEMV gave a wrong answer in its self-check"
-        if (head_dim // 2) & (head_dim // 2 - 1):
+        if not rotate_store_fits(head_dim):
             return None   # the decoder keeps PyTorch's rotate-and-store for this head size (fused.Regions)
         width = (q_heads + 2 * kv_heads) * head_dim
         qkv = torch.randn(2, 1, width, device=device, dtype=dtype, generator=gen)
