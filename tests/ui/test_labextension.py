@@ -104,6 +104,7 @@ class JupyterLab:
             f"--LabApp.workspaces_dir={tmp / 'workspaces'}",
             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
             "--LabApp.news_url=",
+            "--LabApp.expose_app_in_browser=True",  # window.jupyterapp, to wait for its restore
             *(f"--LabApp.extra_labextensions_path={d}" for d in _labextension_dirs(tmp)),
         ]
         if os.geteuid() == 0:  # containers and CI runners
@@ -165,22 +166,33 @@ def lab(tmp_path):
         shutil.copy(server.log_path, ARTIFACTS / "labextension-jupyterlab.log")
 
 
-def _run_command(page, label: str) -> None:
-    """Runs a command through the command palette (Ctrl+Shift+C), as a user would."""
+def _run_command(page, label: str, until) -> None:
+    """Runs a command through the command palette (Ctrl+Shift+C), as a user would,
+    until the locator `until` is visible.
+
+    The palette is modal and closes when something takes the focus, which a
+    loaded machine does late (CI saw it close between opening and typing), so
+    a try that loses the palette is made again, as a user would.
+    """
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     palette_input = page.locator(".lm-CommandPalette-input")
-    for _ in range(5):  # the shortcut may land before JupyterLab has bound it
-        if palette_input.is_visible():  # a press that took effect late: pressing again would close it
-            break
-        page.keyboard.press("Control+Shift+C")
+    for attempt in range(4):
         try:
-            palette_input.wait_for(state="visible", timeout=3000)
-            break
+            if not palette_input.is_visible():
+                page.keyboard.press("Control+Shift+C")
+            palette_input.fill(label, timeout=10_000)
+            # Enter runs the palette's active item. A click on the item fails where
+            # JupyterLab keeps re-rendering the palette (every command change does):
+            # CI saw 30 s of "element was detached from the DOM, retrying".
+            page.locator(".lm-CommandPalette-item.lm-mod-active", has_text=label).first.wait_for(
+                timeout=10_000)
+            palette_input.press("Enter", timeout=5_000)
+            until.wait_for(state="visible", timeout=15_000)
+            return
         except PlaywrightTimeout:
-            continue
-    palette_input.fill(label)
-    page.locator(".lm-CommandPalette-item", has_text=label).first.click()
+            if attempt == 3:
+                raise
 
 
 def _open_lab(lab, page):
@@ -188,9 +200,12 @@ def _open_lab(lab, page):
     page.goto(f"{lab.url}lab?token={TOKEN}")
     page.locator("#jupyterlab-splash").wait_for(state="detached", timeout=60_000)
     page.locator(".jp-LabShell").wait_for()
-    _run_command(page, "LM Serve: open panel")
+    # JupyterLab restores the saved layout after start-up, and that hides a panel
+    # opened before it (CI under load saw the panel stay hidden); wait for it.
+    page.wait_for_function("() => window.jupyterapp !== undefined", timeout=60_000)
+    page.evaluate("() => window.jupyterapp.restored.then(() => true)")
     panel = page.locator("#lmserve-panel")
-    panel.wait_for(state="visible")
+    _run_command(page, "LM Serve: open panel", until=panel)
     return panel
 
 
@@ -258,8 +273,8 @@ def test_panel_follows_deploy_scale_logs_undeploy(lab, page):
 
     # Follows the theme: the panel's background changes with JupyterLab Dark.
     light_bg = panel.evaluate("el => getComputedStyle(el).backgroundColor")
-    _run_command(page, "Use Theme: JupyterLab Dark")
-    expect(page.locator("body")).to_have_attribute("data-jp-theme-light", "false", timeout=15_000)
+    _run_command(page, "Use Theme: JupyterLab Dark",
+                 until=page.locator('body[data-jp-theme-light="false"] #lmserve-panel'))
     dark_bg = panel.evaluate("el => getComputedStyle(el).backgroundColor")
     assert dark_bg != light_bg
     page.screenshot(path=str(ARTIFACTS / "labextension-dark.png"))
