@@ -33,10 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="start every worker's torchrun in a new interpreter (cold: torch is imported per "
                             "process) instead of forking it from the fork server, which has torch imported")
     serve.add_argument("--preload", action="append", default=None, metavar="MODULE",
-                       help="a module the fork server imports before forking workers, besides torch "
-                            "(repeatable or comma-separated), so that handlers find it imported; replaces the "
-                            "default, lmjupyter.worker.preload_hf (the Hugging Face classes the built-in "
-                            "handler uses); --preload '' imports torch only")
+                       help="a module the fork server imports besides torch, so that handlers find it imported "
+                            "(repeatable or comma-separated; imported one at a time between launches, after "
+                            "torch); replaces the default, torch.distributed.pipelining and "
+                            "lmjupyter.worker.preload_hf (what the built-in handler uses); --preload '' "
+                            "imports torch only")
     serve.add_argument("--node-address", default=None, metavar="ADDR",
                        help="this host's address for `lmjupyter node` agents on other hosts: their ranks connect "
                             "to it and torchrun's rendezvous runs on it (default: --host)")

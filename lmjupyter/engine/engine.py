@@ -46,8 +46,9 @@ BUILTIN_CAUSAL_LM = "lmjupyter.handlers.causal_lm:CausalLMHandler"
 DEFAULT_LLM_SLOTS = 16  # batchSize of the built-in causal-LM handler when the config does not say
 DEPLOY_KEYS = {"name", "handler", "model_dir", "archive", "config", "config_file", "wait", "dry_run",
                "workers", "version", "install_requirements"}
-# Besides torch: the Hugging Face stack, when installed (a failed import is logged, not fatal).
-DEFAULT_PRELOAD = ["lmjupyter.worker.preload_hf"]
+# Besides torch: the Hugging Face stack, when installed (a failed import is logged, not fatal),
+# in two steps of ~2 s each here, since a launch asked for meanwhile waits for the step under way.
+DEFAULT_PRELOAD = ["torch.distributed.pipelining", "lmjupyter.worker.preload_hf"]
 RESERVED_TORCHRUN_KEYS = {"no-python", "no_python", "module", "m", "run-path", "run_path", "standalone"}
 
 

@@ -120,6 +120,7 @@ class ForkServerLauncher:
         self._process: asyncio.subprocess.Process | None = None
         self._transport: asyncio.Transport | None = None
         self._ready: asyncio.Future | None = None
+        self._connected: asyncio.Future | None = None  # the socket to it exists (or it failed to start)
         self._pending: dict[int, asyncio.Future] = {}
         self._children: dict[int, ForkedProcess] = {}
         self._next_id = 0
@@ -133,6 +134,7 @@ class ForkServerLauncher:
             return  # (a fork server that failed to come up is not tried again: every start is cold)
         self.state = "starting"
         self._ready = asyncio.get_running_loop().create_future()
+        self._connected = asyncio.get_running_loop().create_future()
         self._starting = asyncio.ensure_future(self._start())
 
     async def _start(self) -> None:
@@ -148,19 +150,23 @@ class ForkServerLauncher:
                     stdout=server_log, stderr=server_log, start_new_session=True)
             self._transport, _ = await asyncio.get_running_loop().create_unix_connection(
                 lambda: _ServerConnection(self), sock=ours)
+            self._connected.set_result(None)
             await asyncio.wait_for(asyncio.shield(self._ready), READY_TIMEOUT_S)
         except Exception as exc:
             self._failed(f"the fork server did not start: {type(exc).__name__}: {exc}")
             return
-        log.info("fork server ready (pid %s) in %.1fs; preloaded %s%s", self.info.get("pid"),
+        log.info("fork server ready (pid %s) in %.1fs with %s imported%s%s", self.info.get("pid"),
                  time.monotonic() - started, ", ".join(self.info.get("preloaded", [])),
+                 f"; importing {', '.join(self.info['preloading'])} between launches"
+                 if self.info.get("preloading") else "",
                  f"; could not import {self.info['failed']}" if self.info.get("failed") else "")
 
     def _failed(self, reason: str) -> None:
         self.state, self.error = "failed", reason
         log.warning("%s; worker groups start cold", reason)
-        if self._ready is not None and not self._ready.done():
-            self._ready.set_result(None)
+        for future in (self._ready, self._connected):
+            if future is not None and not future.done():
+                future.set_result(None)
         if self._process is not None and self._process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self._process.kill()
@@ -174,6 +180,8 @@ class ForkServerLauncher:
             elif not self._ready.done():  # (done: it came too late, after READY_TIMEOUT_S)
                 self.state = "ready"
                 self._ready.set_result(None)
+        elif kind == "preloaded":
+            self._on_preloaded(message[1])
         elif kind in ("started", "refused"):
             future = self._pending.pop(message[1], None)
             if future is not None and not future.done():
@@ -182,6 +190,20 @@ class ForkServerLauncher:
             child = self._children.pop(message[1], None)
             if child is not None:
                 child.exited(message[2])
+
+    def _on_preloaded(self, report: dict) -> None:
+        """One more module of ``preload`` imported (or not) in the fork server, between launches."""
+        module = report["module"]
+        self.info["preloading"] = [m for m in self.info.get("preloading", []) if m != module]
+        if report["failed"]:
+            self.info.setdefault("failed", {})[module] = report["failed"]
+            log.warning("the fork server could not import %s: %s", module, report["failed"])
+        else:
+            self.info.setdefault("preloaded", []).append(module)
+        if report["error"]:
+            # The fork server refuses launches from now on (each is a cold start); its agents live on.
+            self.error = report["error"]
+            log.warning("%s", report["error"])
 
     def _on_lost(self) -> None:
         """The fork server exited: its agents die with it; the next start brings up another."""
@@ -202,10 +224,13 @@ class ForkServerLauncher:
 
     # ---- starting agents -------------------------------------------------------------------------
     async def launch(self, argv: list[str], env: dict[str, str], log_path: str):
+        """Fork an agent. Asked while the fork server still imports torch, the request waits in
+        its socket and is served as soon as torch is imported, before the modules of ``preload``;
+        if the fork server fails meanwhile, it is refused, and the start is a cold one."""
         self.start()
-        if self._ready is not None:
-            await asyncio.shield(self._ready)
-        if self.state != "ready" or self._transport is None:
+        if self._connected is not None:
+            await asyncio.shield(self._connected)
+        if self.state not in ("starting", "ready") or self._transport is None or self.error:
             return await self.cold.launch(argv, env, log_path)
         self._next_id += 1
         launch_id = self._next_id
@@ -238,7 +263,7 @@ class ForkServerLauncher:
 
     def describe(self) -> dict:
         out = {"kind": self.kind, "state": self.state, "pid": self.info.get("pid"), "forked": self.forked,
-               "preloaded": self.info.get("preloaded", [])}
+               "preloaded": self.info.get("preloaded", []), "preloading": self.info.get("preloading", [])}
         if self.error:
             out["error"] = self.error
         return out

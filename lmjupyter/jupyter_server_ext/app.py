@@ -50,10 +50,10 @@ class LMServe(ExtensionApp):
         "interpreter start and torch import of every process; ~0.1 s instead of 1.4-2.3 s for "
         "an echo handler on 2 cores). False: every torchrun starts in a new interpreter."))
     preload = List(Unicode(), default_value=None, allow_none=True, config=True, help=(
-        "Modules the fork server imports before forking workers, besides torch, so that handlers "
-        "find them imported. Default (None): lmjupyter.worker.preload_hf, the Hugging Face classes "
-        "the built-in handler uses; [] imports torch only. Never a handler's own module: a handler "
-        "edited between two deploys must be the one that answers."))
+        "Modules the fork server imports besides torch, so that handlers find them imported; one "
+        "at a time between launches, after torch. Default (None): torch.distributed.pipelining and "
+        "lmjupyter.worker.preload_hf, what the built-in handler uses; [] imports torch only. Never "
+        "a handler's own module: a handler edited between two deploys must be the one that answers."))
     warm_spares = Int(0, config=True, help=(
         "Keep N torchrun groups started ahead (torch imported, ranks waiting for a model) for the "
         "next worker starts of the same shape; as `lmjupyter serve --warm-spares N`. With the "

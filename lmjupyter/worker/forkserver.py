@@ -2,7 +2,7 @@
 
 A cold worker start pays, before any handler code runs, for a fresh interpreter that
 imports torch in torchrun's agent and again in every rank (benchmarks/RESULTS.md,
-"Where a worker start's time goes"). This process imports torch once (and the modules
+"Where a worker start's time goes"). This process imports torch once (then the modules
 of ``--preload``), never initialises CUDA or OpenMP, and then forks: the child is a
 real torchrun agent (torch's own argument parser, rendezvous, monitoring and restarts;
 ``lmjupyter.worker.agent``) whose ranks are forked from it in turn (torchrun's
@@ -13,8 +13,15 @@ Started by the engine as ``python -m lmjupyter.worker.forkserver FD [--preload m
 with FD one end of a socket pair (``ipc`` frames, both ends ours)::
 
     engine -> server: ("launch", id, {"argv": [...], "env": {...}, "cwd": str, "log": path})
-    server -> engine: ("ready", {"pid": ..., "preloaded": [...], "failed": {...}}) once, first;
+    server -> engine: ("ready", {"pid": ..., "preloaded": [...], "failed": {...}, "preloading": [...]})
+                      once, first; ("preloaded", {"module": m, "failed": reason | None,
+                      "error": reason | None}) for each module of ``--preload`` in turn;
                       ("started", id, pid) | ("refused", id, reason); later ("exited", id, returncode)
+
+"ready" comes once torch is imported (``BASE_PRELOAD``): the modules of ``--preload`` (the
+Hugging Face stack, seconds more) are imported one at a time between launches, so that a
+worker asked for in a new server's first seconds need not wait for them; a child forked
+before a module is imported imports it itself if it needs it.
 
 ``returncode`` follows asyncio's convention (negative: killed by that signal). The
 server dies with the engine (parent-death signal, and EOF on the socket), and every
@@ -102,8 +109,10 @@ def shadowed(python_path: list[str]) -> list[str]:
 
 
 class ForkServer:
-    def __init__(self, conn: socket.socket):
+    def __init__(self, conn: socket.socket, preloading: list[str] | None = None):
         self.conn = conn
+        self.preloading = list(preloading or [])  # still to import, between launches
+        self.broken: str | None = None  # set when a preloaded module initialised the CUDA driver
         self.decoder = ipc.FrameDecoder()
         self.children: dict[int, int] = {}  # pid -> launch id
         self.selector = selectors.DefaultSelector()
@@ -118,14 +127,27 @@ class ForkServer:
         self.conn.sendall(ipc.pack(message))
 
     def serve(self) -> None:
-        """Launch on request and report exits until the engine hangs up."""
+        """Launch on request and report exits until the engine hangs up; preload while idle."""
         while True:
-            for key, _ in self.selector.select(timeout=1.0):
+            events = self.selector.select(timeout=0 if self.preloading else 1.0)
+            for key, _ in events:
                 if key.data == "wake":
                     os.read(self._wake_r, 4096)
                 elif not self._read():
                     return
             self._reap()
+            if self.preloading and not events:
+                self._preload_next()
+
+    def _preload_next(self) -> None:
+        module = self.preloading.pop(0)
+        _, failed = preload_politely([module])
+        report = {"module": module, "failed": failed.get(module), "error": None}
+        if not forks_keep_cuda():
+            self.broken = report["error"] = (f"the CUDA driver was initialised while preloading {module}: "
+                                             "forked children could not use it; workers start cold")
+            self.preloading.clear()
+        self.send(("preloaded", report))
 
     def _read(self) -> bool:
         try:
@@ -140,6 +162,9 @@ class ForkServer:
         return True
 
     def _launch(self, launch_id: int, request: dict) -> None:
+        if self.broken:
+            self.send(("refused", launch_id, self.broken))
+            return
         clashes = shadowed([p for p in request["env"].get("PYTHONPATH", "").split(os.pathsep) if p])
         if clashes:
             self.send(("refused", launch_id, "the model's python path provides modules the fork server "
@@ -221,20 +246,21 @@ def _extend_sys_path(python_path: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lmjupyter.worker.forkserver")
     parser.add_argument("fd", type=int, help="our end of the socket pair to the engine")
-    parser.add_argument("--preload", default="", help="more modules to import before forking (comma-separated)")
+    parser.add_argument("--preload", default="",
+                        help="more modules to import between launches, in turn (comma-separated)")
     args = parser.parse_args(argv)
     die_with_parent(signal.SIGKILL)
     keep_cuda_for_forks()
     conn = socket.socket(fileno=args.fd)
     started = time.perf_counter()
     extra = [m for m in args.preload.split(",") if m]
-    done, failed = preload_politely([*BASE_PRELOAD, *extra])
-    info = {"pid": os.getpid(), "preloaded": done, "failed": failed,
+    done, failed = preload_politely(BASE_PRELOAD)
+    info = {"pid": os.getpid(), "preloaded": done, "failed": failed, "preloading": extra,
             "import_s": round(time.perf_counter() - started, 3)}
     if not forks_keep_cuda():
-        info["error"] = ("the CUDA driver was initialised while preloading (" + ", ".join(BASE_PRELOAD + tuple(extra))
-                         + "): forked children could not use it; workers start cold")
-    server = ForkServer(conn)
+        info["error"] = ("the CUDA driver was initialised while importing " + ", ".join(BASE_PRELOAD)
+                         + ": forked children could not use it; workers start cold")
+    server = ForkServer(conn, preloading=extra)
     server.send(("ready", info))
     if "error" in info:
         return 1

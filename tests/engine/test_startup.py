@@ -159,6 +159,52 @@ def test_a_failed_deploy_leaves_no_process_and_a_dead_server_takes_all_with_it(t
         server.stop()
 
 
+GATED_IMPORT = """
+import os
+import time
+
+deadline = time.monotonic() + 120  # a gate the test opens (bounded, should the test die first)
+while not os.path.exists(os.path.join(os.environ["LMJ_TEST_GATES"], __name__)) and time.monotonic() < deadline:
+    time.sleep(0.05)
+"""
+
+
+def test_a_deploy_waits_for_the_preload_under_way_not_for_the_rest(tmp_path):
+    """The fork server imports ``--preload`` modules one at a time between launches: a worker asked
+    for in a new server's first seconds starts from it without waiting for them all."""
+    modules, gates = tmp_path / "modules", tmp_path / "gates"
+    modules.mkdir()
+    gates.mkdir()
+    for name in ("gate_one", "gate_two"):
+        (modules / f"{name}.py").write_text(GATED_IMPORT)
+    env = {"PYTHONPATH": os.pathsep.join(p for p in (str(modules), os.environ.get("PYTHONPATH")) if p),
+           "LMJ_TEST_GATES": str(gates)}
+    with running_server(str(tmp_path), "--preload", "gate_one,gate_two", env=env) as server:
+        client = server.client
+        launcher = fork_server(client)  # torch is imported; gate_one's import is under way
+        assert launcher["preloading"] == ["gate_one", "gate_two"]
+        client.deploy("early", handler_path("echo.py"), config=cpu_config(), wait=False)
+        wait_until(lambda: client.events("early")["events"], 30, message="the deploy to start its ranks")
+        time.sleep(1.0)  # the launch request is in the fork server's socket
+        (gates / "gate_one").touch()
+        wait_until(lambda: client.describe("early")["state"] == "ready", 60,
+                   message="the worker, forked before gate_two was imported")
+        launcher = client.health()["launcher"]
+        assert launcher["preloading"] == ["gate_two"] and launcher["forked"] == 1
+        assert "gate_one" in launcher["preloaded"] and "gate_two" not in launcher["preloaded"]
+        assert client.predict("early", "hi")["echo"] == "hi"
+
+        (gates / "gate_two").touch()
+        wait_until(lambda: "gate_two" in client.health()["launcher"]["preloaded"], 60,
+                   message="gate_two to be imported")
+        assert client.health()["launcher"]["preloading"] == []
+        client.deploy("late", handler_path("echo.py"), config=cpu_config(), wait=True)
+        assert client.predict("late", "ho")["echo"] == "ho"
+        assert client.health()["launcher"]["forked"] == 2
+        client.undeploy("early")
+        client.undeploy("late")
+
+
 def test_without_the_fork_server_every_start_is_cold(tmp_path):
     with running_server(str(tmp_path), "--no-fork-server") as server:
         client = server.client
