@@ -171,8 +171,9 @@ def _run_command(page, label: str, until) -> None:
     until the locator `until` is visible.
 
     The palette is modal and closes when something takes the focus, which a
-    loaded machine does late (CI saw it close between opening and typing), so
-    a try that loses the palette is made again, as a user would.
+    loaded machine does late (runs beside two busy cores saw it close between
+    opening and typing), so a try that loses the palette is made again, as a
+    user would.
     """
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
@@ -201,7 +202,7 @@ def _open_lab(lab, page):
     page.locator("#jupyterlab-splash").wait_for(state="detached", timeout=60_000)
     page.locator(".jp-LabShell").wait_for()
     # JupyterLab restores the saved layout after start-up, and that hides a panel
-    # opened before it (CI under load saw the panel stay hidden); wait for it.
+    # opened before it (runs beside two busy cores saw it stay hidden); wait for it.
     page.wait_for_function("() => window.jupyterapp !== undefined", timeout=60_000)
     page.evaluate("() => window.jupyterapp.restored.then(() => true)")
     panel = page.locator("#lmserve-panel")
