@@ -23,7 +23,7 @@ TOKEN = "startup-bench"
 class Server:
     """``lmjupyter serve`` on a free port with ``extra`` arguments, as a user starts it."""
 
-    def __init__(self, workdir: str, *extra: str):
+    def __init__(self, workdir: str, *extra: str, env: dict[str, str] | None = None):
         from lmjupyter.client import Client
 
         self.log_path = os.path.join(workdir, f"server-{time.monotonic_ns()}.log")
@@ -31,7 +31,7 @@ class Server:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "lmjupyter.cli", "serve", "--port", "0", "--token", TOKEN,
              "--allow-root", ROOT, *extra], cwd=workdir, stdout=self._log, stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"})
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             match = re.search(r"serving at (http://\S+)", open(self.log_path, errors="replace").read())

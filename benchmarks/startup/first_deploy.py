@@ -26,13 +26,11 @@ sys.path.insert(0, HERE)
 
 from engine_timeline import Server, echo_body  # noqa: E402
 
-BASE_PYTHONPATH = os.environ.get("PYTHONPATH", "")
-
 
 def first_deploy(workdir: str, tree: str, body: dict, request, extra: list[str]) -> dict:
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (tree, BASE_PYTHONPATH) if p)
+    python_path = os.pathsep.join(p for p in (tree, os.environ.get("PYTHONPATH")) if p)
     started = time.perf_counter()
-    server = Server(workdir, *extra)
+    server = Server(workdir, *extra, env={"PYTHONPATH": python_path})
     try:
         answering = time.perf_counter() - started
         server.client.deploy("first", wait=True, **body)

@@ -69,7 +69,7 @@ def _use_triton(kernels: str, device, dtype, q_heads: int, kv_heads: int, head_d
 
         reason = self_check(device, dtype, q_heads, kv_heads, head_dim, rotary)
         if reason is not None and kernels == "auto":
-            log.warning("%s; using PyTorch's kernels", reason)
+            log.info("%s; using PyTorch's kernels", reason)
             print(f"lmjupyter: {reason}; using PyTorch's kernels (handler.kernels: torch hides this)", flush=True)
     if reason is not None and kernels == "triton":
         raise ValueError(f"handler.kernels = 'triton': {reason}")

@@ -90,6 +90,15 @@ def preload_politely(modules) -> tuple[list[str], dict[str, str]]:
     return result[0]
 
 
+def cuda_lost(imported: str) -> str | None:
+    """Why children forked from here could no longer use CUDA after importing ``imported``, or None
+    (a probe fork: ``worker/cudafork.py``)."""
+    if forks_keep_cuda():
+        return None
+    return (f"the CUDA driver was initialised while importing {imported}: forked children could not use it; "
+            "workers start cold")
+
+
 def shadowed(python_path: list[str]) -> list[str]:
     """Top-level modules imported here that a new PYTHONPATH entry would provide another copy of.
 
@@ -142,10 +151,9 @@ class ForkServer:
     def _preload_next(self) -> None:
         module = self.preloading.pop(0)
         _, failed = preload_politely([module])
-        report = {"module": module, "failed": failed.get(module), "error": None}
-        if not forks_keep_cuda():
-            self.broken = report["error"] = (f"the CUDA driver was initialised while preloading {module}: "
-                                             "forked children could not use it; workers start cold")
+        report = {"module": module, "failed": failed.get(module), "error": cuda_lost(module)}
+        if report["error"]:
+            self.broken = report["error"]
             self.preloading.clear()
         self.send(("preloaded", report))
 
@@ -257,9 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     done, failed = preload_politely(BASE_PRELOAD)
     info = {"pid": os.getpid(), "preloaded": done, "failed": failed, "preloading": extra,
             "import_s": round(time.perf_counter() - started, 3)}
-    if not forks_keep_cuda():
-        info["error"] = ("the CUDA driver was initialised while importing " + ", ".join(BASE_PRELOAD)
-                         + ": forked children could not use it; workers start cold")
+    error = cuda_lost(", ".join(BASE_PRELOAD))
+    if error:
+        info["error"] = error
     server = ForkServer(conn, preloading=extra)
     server.send(("ready", info))
     if "error" in info:
