@@ -434,6 +434,8 @@ class WorkerGroup:
         """One start-up event (the engine's, or a rank's ``phase`` message) for ``.../events``."""
         if self.spec.events is None:
             return
+        if rank is not None and self.state == WorkerState.FAILED:
+            return  # the group's "failed" ended this start; a rank reporting while it is killed comes too late
         event = {"seq": next(_event_numbers), "worker": self.id, "rank": rank, "phase": phase,
                  "done": done, "total": total, "t": round(time.monotonic() - self.started_at, 3)}
         if message:
